@@ -1,0 +1,77 @@
+import CloudheedDomain
+import CloudheedRuntime
+import Hummingbird
+
+/// `/v1/databases/{id}/backups`: list, create, show, delete and restore, as on the documentation page.
+struct BackupController {
+    let service: BackupService
+
+    func addRoutes(to group: RouterGroup<AppRequestContext>) {
+        group.get("databases/:id/backups", use: list)
+        group.post("databases/:id/backups", use: create)
+        group.get("databases/:id/backups/:backupID", use: show)
+        group.delete("databases/:id/backups/:backupID", use: delete)
+        group.post("databases/:id/backups/:backupID/restore", use: restore)
+        group.get("restores/:id", use: showRestore)
+    }
+
+    @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let query = request.uri.queryParameters
+        let type = try query.get("type").map { raw throws(DomainError) in try BackupType.parse(String(raw)) }
+        let status = try query.get("status").map { raw throws(DomainError) in try BackupStatus.parse(String(raw)) }
+        let backups = try await service.backups(
+            accountID: account.id, databaseID: try context.parameters.require("id"), type: type, status: status)
+        return json(.object([("backups", .array(backups.map(Representation.backup)))]))
+    }
+
+    @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let fields = try await request.fields(allowed: ["name"], optional: true)
+        let backup = try await service.createManualBackup(
+            accountID: account.id, databaseID: try context.parameters.require("id"), name: try fields.string("name"))
+        context.logger.info("manual backup requested", metadata: ["backup.id": "\(backup.id)", "database.id": "\(backup.databaseID)"])
+        return json(Representation.backup(backup), status: .accepted)
+    }
+
+    @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let backup = try await service.backup(
+            accountID: account.id, databaseID: try context.parameters.require("id"), backupID: try context.parameters.require("backupID"))
+        return json(Representation.backup(backup))
+    }
+
+    @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let backupID = try context.parameters.require("backupID")
+        try await service.deleteBackup(
+            accountID: account.id, databaseID: try context.parameters.require("id"), backupID: backupID, logger: context.logger)
+        context.logger.info("manual backup deleted", metadata: ["backup.id": "\(backupID)"])
+        return Response(status: .noContent)
+    }
+
+    @Sendable func restore(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let fields = try await request.fields(allowed: ["target_database_name"], optional: true)
+        let (restore, database) = try await service.restore(
+            accountID: account.id, databaseID: try context.parameters.require("id"),
+            backupID: try context.parameters.require("backupID"), targetName: try fields.string("target_database_name"))
+        context.logger.info("restore requested", metadata: ["restore.id": "\(restore.id)", "backup.id": "\(restore.backupID)"])
+        return json(
+            .object([
+                ("restore", Representation.restore(restore)),
+                ("database", Representation.database(database, uri: service.connectionURI(for: database))),
+            ]), status: .accepted)
+    }
+
+    @Sendable func showRestore(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        let restore = try await service.restore(accountID: account.id, id: try context.parameters.require("id"))
+        let database = try await service.database(accountID: account.id, id: restore.targetDatabaseID)
+        return json(
+            .object([
+                ("restore", Representation.restore(restore)),
+                ("database", Representation.database(database, uri: service.connectionURI(for: database))),
+            ]))
+    }
+}

@@ -1,0 +1,65 @@
+import CloudheedDomain
+import CloudheedRuntime
+
+/// The API's JSON shapes, in the documentation page's field order and snake_case.
+enum Representation {
+    static func account(_ a: Account, storageUsed: Int64? = nil) -> JSONValue {
+        var pairs: [(String, JSONValue)] = [
+            ("id", .string(a.id)),
+            ("name", .string(a.name)),
+            ("storage_quota_bytes", .int(a.storageQuotaBytes)),
+        ]
+        if let storageUsed { pairs.append(("storage_used_bytes", .int(storageUsed))) }
+        pairs.append(("created_at", .date(a.createdAt)))
+        return .object(pairs)
+    }
+
+    static func database(_ d: ManagedDatabase, uri: String?) -> JSONValue {
+        .object([
+            ("id", .string(d.id)),
+            ("name", .string(d.name)),
+            ("tier", .string(d.tier.rawValue)),
+            ("engine", .string(d.engine.rawValue)),
+            ("status", .string(d.status.rawValue)),
+            ("backup_window", .string(d.backupWindow.description)),
+            ("created_at", .date(d.createdAt)),
+            ("deleted_at", .optional(d.deletedAt)),
+            ("connection", d.status == .deleted ? .null : .object([("uri", .optional(uri))])),
+            ("error", error(d.error)),
+        ])
+    }
+
+    static func backup(_ b: Backup) -> JSONValue {
+        .object([
+            ("id", .string(b.id)),
+            ("database_id", .string(b.databaseID)),
+            ("name", .string(b.name)),
+            ("type", .string(b.type.rawValue)),
+            ("status", .string(b.status.rawValue)),
+            ("size_bytes", .optional(b.sizeBytes)),
+            ("created_at", .date(b.createdAt)),
+            ("started_at", .optional(b.startedAt)),
+            ("completed_at", .optional(b.completedAt)),
+            ("expires_at", .optional(b.expiresAt)),
+            ("error", error(b.error)),
+        ])
+    }
+
+    static func restore(_ r: Restore) -> JSONValue {
+        .object([
+            ("id", .string(r.id)),
+            ("status", .string(r.status.rawValue)),
+            ("backup_id", .string(r.backupID)),
+            ("source_database_id", .string(r.sourceDatabaseID)),
+            ("target_database_id", .string(r.targetDatabaseID)),
+            ("created_at", .date(r.createdAt)),
+            ("completed_at", .optional(r.completedAt)),
+            ("error", error(r.error)),
+        ])
+    }
+
+    static func error(_ e: ErrorInfo?) -> JSONValue {
+        guard let e else { return .null }
+        return .object([("code", .string(e.code)), ("message", .string(e.message))])
+    }
+}

@@ -1,0 +1,194 @@
+import CloudheedDomain
+import CloudheedEngines
+import CloudheedStorage
+import Foundation
+import Logging
+
+/// The operations behind the API. Handlers translate HTTP into these calls; the rules live here
+/// and in the domain types, the atomic checks in the catalog.
+public struct BackupService: Sendable {
+    public let catalog: any Catalog
+    public let repository: any BackupRepository
+    public let engines: EngineRegistry
+    public let clock: any WallClock
+    public let ids: any IDGenerator
+    public let signal: WorkSignal
+    public let settings: RuntimeSettings
+    let tokens: TokenIssuer
+
+    public init(
+        catalog: any Catalog, repository: any BackupRepository, engines: EngineRegistry, clock: any WallClock,
+        ids: any IDGenerator, signal: WorkSignal, settings: RuntimeSettings
+    ) {
+        self.catalog = catalog
+        self.repository = repository
+        self.engines = engines
+        self.clock = clock
+        self.ids = ids
+        self.signal = signal
+        self.settings = settings
+        self.tokens = TokenIssuer(ids: ids)
+    }
+
+    // MARK: Accounts
+
+    public func createAccount(name: String, storageQuotaBytes: Int64?) async throws -> (Account, token: String) {
+        try Account.validateName(name)
+        let quota = storageQuotaBytes ?? settings.defaultQuotaBytes
+        try Account.validateQuota(quota)
+        let now = clock.now()
+        let account = Account(id: ids.make(.account), name: name, storageQuotaBytes: quota, createdAt: now)
+        let token = tokens.issue(accountID: account.id, at: now)
+        try await catalog.createAccount(account, token: token.stored)
+        return (account, token.plaintext)
+    }
+
+    public func issueToken(accountID: String) async throws -> String {
+        let token = tokens.issue(accountID: accountID, at: clock.now())
+        try await catalog.addToken(token.stored)
+        return token.plaintext
+    }
+
+    /// The account a presented token belongs to, or nil for anything that is not a valid token.
+    public func authenticate(token presented: String) async throws -> Account? {
+        guard let (id, secret) = TokenIssuer.parse(presented),
+              let stored = try await catalog.token(id: String(id)),
+              constantTimeEqual(TokenIssuer.hash(String(secret)), stored.secretHash)
+        else { return nil }
+        return try await catalog.account(id: stored.accountID)
+    }
+
+    public func storageUsed(accountID: String) async throws -> Int64 {
+        try await catalog.storageUsedBytes(accountID: accountID)
+    }
+
+    // MARK: Databases
+
+    public func createDatabase(accountID: String, name: String, tier: Tier, engine kind: EngineKind, backupWindow: BackupWindow?) async throws -> ManagedDatabase {
+        try DatabaseName.validate(name)
+        let engine = try engines.engine(kind)
+        if try await catalog.databaseNameInUse(accountID: accountID, name: name) { throw DomainError.databaseNameTaken(name) }
+        let id = ids.make(.database)
+        let now = clock.now()
+        let window = backupWindow ?? BackupWindow.defaultWindow(forDatabaseID: id)
+        let location = engine.location(forDatabaseID: id)
+        let database = ManagedDatabase(
+            id: id, accountID: accountID, name: name, tier: tier, engine: kind, status: .available, backupWindow: window,
+            location: location, createdAt: now, nextBackupAt: window.firstDueStart(createdAt: now))
+        try await engine.create(at: location)
+        do {
+            try await catalog.insertDatabase(database)
+        } catch {
+            // A concurrent create took the name: leave nothing behind.
+            try? await engine.drop(at: location)
+            throw error
+        }
+        return database
+    }
+
+    public func databases(accountID: String, includeDeleted: Bool) async throws -> [ManagedDatabase] {
+        try await catalog.databases(accountID: accountID, includeDeleted: includeDeleted)
+    }
+
+    public func database(accountID: String, id: String) async throws -> ManagedDatabase {
+        guard let database = try await catalog.database(id: id, accountID: accountID) else { throw DomainError.databaseNotFound }
+        return database
+    }
+
+    public func updateDatabase(accountID: String, id: String, tier: Tier?, backupWindow: BackupWindow?) async throws -> ManagedDatabase {
+        var changes = DatabaseChanges(tier: tier, backupWindow: backupWindow)
+        if let backupWindow {
+            // The new window takes effect from now: its open occurrence, or the next one. The
+            // catalog's one-per-day rule keeps a day that already has its backup from getting two.
+            changes.nextBackupAt = backupWindow.firstDueStart(createdAt: clock.now())
+        }
+        return try await catalog.updateDatabase(id: id, accountID: accountID, changes: changes)
+    }
+
+    public func deleteDatabase(accountID: String, id: String, logger: Logger) async throws {
+        let database = try await self.database(accountID: accountID, id: id)
+        let removed = try await catalog.markDatabaseDeleted(id: id, accountID: accountID, at: clock.now())
+        try? await engines.engine(database.engine).drop(at: database.location)
+        for backup in removed {
+            await deleteStoredData(of: backup, logger: logger)
+        }
+    }
+
+    public func connectionURI(for database: ManagedDatabase) -> String? {
+        try? engines.engine(database.engine).connectionURI(location: database.location)
+    }
+
+    // MARK: Backups
+
+    public func createManualBackup(accountID: String, databaseID: String, name: String?) async throws -> Backup {
+        if let name { try BackupName.validate(name) }
+        let database = try await self.database(accountID: accountID, id: databaseID)
+        let now = clock.now()
+        let backup = Backup(
+            id: ids.make(.backup), accountID: accountID, databaseID: databaseID, name: name ?? BackupName.manualDefault(at: now),
+            type: .manual, status: .pending, engine: database.engine, createdAt: now, expiresAt: nil)
+        try await catalog.enqueueManualBackup(backup, jobID: ids.make(.job), now: now)
+        signal.notify()
+        return backup
+    }
+
+    public func backups(accountID: String, databaseID: String, type: BackupType?, status: BackupStatus?) async throws -> [Backup] {
+        _ = try await database(accountID: accountID, id: databaseID)
+        return try await catalog.backups(databaseID: databaseID, accountID: accountID, type: type, status: status)
+    }
+
+    public func backup(accountID: String, databaseID: String, backupID: String) async throws -> Backup {
+        guard let backup = try await catalog.backup(id: backupID, databaseID: databaseID, accountID: accountID) else {
+            // Tell a missing database apart from a missing backup, both as 404.
+            _ = try await database(accountID: accountID, id: databaseID)
+            throw DomainError.backupNotFound
+        }
+        return backup
+    }
+
+    public func deleteBackup(accountID: String, databaseID: String, backupID: String, logger: Logger) async throws {
+        _ = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
+        let deleted = try await catalog.deleteManualBackup(id: backupID, databaseID: databaseID, accountID: accountID)
+        await deleteStoredData(of: deleted, logger: logger)
+    }
+
+    /// Removes a deleted backup's object. The catalog row is already gone, so a failure here
+    /// only leaves an unreferenced object, which the janitor sweeps later.
+    func deleteStoredData(of backup: Backup, logger: Logger) async {
+        guard let key = backup.object?.key else { return }
+        do {
+            try await repository.delete(key: key)
+        } catch {
+            logger.warning("could not delete stored backup data; the janitor will retry", metadata: ["backup.id": "\(backup.id)", "error": "\(error)"])
+        }
+    }
+
+    // MARK: Restores
+
+    public func restore(accountID: String, databaseID: String, backupID: String, targetName: String?) async throws -> (Restore, ManagedDatabase) {
+        let source = try await database(accountID: accountID, id: databaseID)
+        let backup = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
+        try backup.checkRestorable()
+        let now = clock.now()
+        let name = targetName ?? DatabaseName.restoreDefault(sourceName: source.name, at: now)
+        try DatabaseName.validate(name, field: "target_database_name")
+        let engine = try engines.engine(backup.engine)
+        let targetID = ids.make(.database)
+        let window = BackupWindow.defaultWindow(forDatabaseID: targetID)
+        let target = ManagedDatabase(
+            id: targetID, accountID: accountID, name: name, tier: source.tier, engine: backup.engine, status: .restoring,
+            backupWindow: window, location: engine.location(forDatabaseID: targetID), createdAt: now,
+            nextBackupAt: window.firstDueStart(createdAt: now))
+        let restore = Restore(
+            id: ids.make(.restore), accountID: accountID, backupID: backupID, sourceDatabaseID: databaseID,
+            targetDatabaseID: targetID, status: .pending, createdAt: now)
+        try await catalog.enqueueRestore(restore, target: target, jobID: ids.make(.job), now: now)
+        signal.notify()
+        return (restore, target)
+    }
+
+    public func restore(accountID: String, id: String) async throws -> Restore {
+        guard let restore = try await catalog.restore(id: id, accountID: accountID) else { throw DomainError.restoreNotFound }
+        return restore
+    }
+}

@@ -1,0 +1,188 @@
+import CloudheedDomain
+import CloudheedEngines
+import CloudheedStorage
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Claims jobs from the catalog and runs them under a lease kept alive by a heartbeat.
+///
+/// A worker that dies (kill -9, power loss) stops renewing; once the lease expires any worker
+/// claims the job again. A worker that loses its lease stops its work and writes nothing: the
+/// catalog refuses its outcome. On graceful shutdown a running job is cancelled and handed back
+/// as pending, so the next start takes it up at once.
+public struct JobRunner: Sendable {
+    let service: BackupService
+    let logger: Logger
+
+    public init(service: BackupService, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    var catalog: any Catalog { service.catalog }
+    var settings: RuntimeSettings { service.settings }
+
+    enum Event: Sendable {
+        case finished(JobOutcome)
+        case leaseLost
+        case shutdown
+    }
+
+    /// Claims one job and runs it to its end; false when there was nothing to claim.
+    @discardableResult
+    public func runNextJob() async throws -> Bool {
+        let token = service.ids.randomString(count: 12)
+        guard let job = try await catalog.claimJob(
+            leaseToken: token, now: service.clock.now(), leaseDuration: settings.leaseDuration, maxAttempts: settings.maxAttempts)
+        else { return false }
+        var jobLogger = self.logger
+        jobLogger[metadataKey: "job.id"] = "\(job.id)"
+        jobLogger[metadataKey: "\(job.kind.rawValue).id"] = "\(job.subjectID)"
+        let logger = jobLogger
+        logger.info("job claimed", metadata: ["job.attempt": "\(job.attempt)"])
+        let started = ContinuousClock.now
+
+        let event: Event = await withTaskGroup(of: Event?.self) { group in
+            group.addTask { .finished(await self.execute(job, logger: logger)) }
+            group.addTask { await self.heartbeat(job, logger: logger) }
+            group.addTask {
+                do { try await gracefulShutdown() } catch { return nil }
+                return .shutdown
+            }
+            var first: Event?
+            while first == nil, let next = await group.next() { first = next }
+            group.cancelAll()
+            return first ?? .shutdown
+        }
+
+        switch event {
+        case .finished(let outcome):
+            let finish = try await catalog.finishJob(job, outcome: outcome, at: service.clock.now())
+            let elapsed = ContinuousClock.now - started
+            switch (finish, outcome) {
+            case (.applied, .failed(let error)):
+                logger.warning("job failed", metadata: ["error.code": "\(error.code)", "error.message": "\(error.message)", "duration": "\(elapsed)"])
+            case (.applied, _):
+                logger.info("job completed", metadata: ["duration": "\(elapsed)"])
+            case (.leaseLost, _), (.subjectGone, _):
+                logger.notice("job outcome discarded", metadata: ["reason": "\(finish)"])
+                // Our object is referenced by nobody; remove it now rather than waiting for the janitor.
+                if case .backupCompleted(let object) = outcome { try? await service.repository.delete(key: object.key) }
+            }
+        case .leaseLost:
+            logger.warning("lease lost; another worker owns the job now")
+        case .shutdown:
+            try await catalog.releaseJob(job)
+            logger.info("job handed back for the next start")
+        }
+        return true
+    }
+
+    /// Renews the lease every third of its duration; returns `.leaseLost` when the catalog says
+    /// the job is no longer ours, nil when cancelled.
+    func heartbeat(_ job: ClaimedJob, logger: Logger) async -> Event? {
+        let interval = settings.leaseDuration / 3
+        while true {
+            do { try await Task.sleep(for: interval) } catch { return nil }
+            do {
+                let until = service.clock.now().addingTimeInterval(settings.leaseDuration.seconds)
+                if try await !catalog.renewLease(jobID: job.id, leaseToken: job.leaseToken, until: until) { return .leaseLost }
+            } catch {
+                // The catalog may be briefly unreachable; the lease has slack for two more tries.
+                logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
+            }
+        }
+    }
+
+    func execute(_ job: ClaimedJob, logger: Logger) async -> JobOutcome {
+        do {
+            switch job.kind {
+            case .backup: return try await executeBackup(job)
+            case .restore: return try await executeRestore(job, logger: logger)
+            }
+        } catch let error as DomainError {
+            return .failed(error.info)
+        } catch let error as EngineError {
+            return .failed(error.info)
+        } catch let error as RepositoryError {
+            return .failed(error.info)
+        } catch is CancellationError {
+            return .failed(ErrorInfo(code: "cancelled", message: "the job was cancelled"))
+        } catch {
+            logger.error("job failed unexpectedly", metadata: ["error": "\(error)"])
+            return .failed(ErrorInfo(code: "internal_error", message: "the job failed unexpectedly: \(error.localizedDescription)"))
+        }
+    }
+
+    func executeBackup(_ job: ClaimedJob) async throws -> JobOutcome {
+        guard let backup = try await catalog.backup(id: job.subjectID) else {
+            return .failed(ErrorInfo(code: "backup_not_found", message: "the backup no longer exists"))
+        }
+        guard let database = try await catalog.database(id: backup.databaseID) else { throw DomainError.databaseNotFound }
+        switch database.status {
+        case .available: break
+        case .deleted: throw DomainError.databaseDeleted
+        default: throw DomainError.databaseNotAvailable(database.status)
+        }
+        let engine = try service.engines.engine(database.engine)
+        // A fresh key per attempt: a stale worker still writing can never overwrite the object
+        // the catalog records for the attempt that won.
+        let key = "\(backup.id)-\(job.leaseToken)"
+        let object = try await engine.backup(at: database.location, into: service.repository, key: key)
+        return .backupCompleted(object)
+    }
+
+    func executeRestore(_ job: ClaimedJob, logger: Logger) async throws -> JobOutcome {
+        guard let restore = try await catalog.restore(id: job.subjectID) else {
+            return .failed(ErrorInfo(code: "restore_not_found", message: "the restore no longer exists"))
+        }
+        guard let target = try await catalog.database(id: restore.targetDatabaseID) else { throw DomainError.databaseNotFound }
+        let engine = try service.engines.engine(target.engine)
+        do {
+            guard let backup = try await catalog.backup(id: restore.backupID), let object = backup.object, backup.status == .completed else {
+                throw DomainError(.conflict, code: "backup_not_found", message: "the backup being restored no longer exists")
+            }
+            try await engine.restore(object, from: service.repository, to: target.location)
+            return .restoreCompleted
+        } catch {
+            // Nothing half-restored stays behind.
+            try? await engine.drop(at: target.location)
+            throw error
+        }
+    }
+}
+
+/// The job workers as one service: `settings.workers` loops, each running one job at a time.
+public struct JobWorkerService: Service {
+    let runner: JobRunner
+    let signal: WorkSignal
+    let settings: RuntimeSettings
+    let logger: Logger
+
+    public init(runner: JobRunner, signal: WorkSignal, settings: RuntimeSettings, logger: Logger) {
+        self.runner = runner
+        self.signal = signal
+        self.settings = settings
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        await withTaskGroup(of: Void.self) { group in
+            for index in 0..<max(1, settings.workers) {
+                group.addTask { await self.loop(index) }
+            }
+        }
+    }
+
+    func loop(_ index: Int) async {
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            do {
+                if try await runner.runNextJob() { continue }
+            } catch {
+                logger.error("worker could not reach the catalog", metadata: ["worker": "\(index)", "error": "\(error)"])
+            }
+            await signal.wait(timeout: settings.pollInterval)
+        }
+    }
+}

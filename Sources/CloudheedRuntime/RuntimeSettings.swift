@@ -1,0 +1,37 @@
+import Foundation
+
+/// Knobs of the background machinery; tests shrink the intervals.
+public struct RuntimeSettings: Sendable {
+    /// Jobs that may run at once.
+    public var workers: Int
+    /// How long a claimed job belongs to its worker without a heartbeat.
+    public var leaseDuration: Duration
+    /// Attempts (claims) before a job whose worker keeps dying is failed.
+    public var maxAttempts: Int
+    /// How often workers look for work when nothing woke them.
+    public var pollInterval: Duration
+    /// How often the scheduler runs a tick.
+    public var schedulerInterval: Duration
+    /// Storage quota of accounts created without one.
+    public var defaultQuotaBytes: Int64
+    /// Age after which an unreferenced repository object is swept away.
+    public var orphanGracePeriod: Duration
+
+    public init(
+        workers: Int = ProcessInfo.processInfo.activeProcessorCount,
+        leaseDuration: Duration = .seconds(60),
+        maxAttempts: Int = 3,
+        pollInterval: Duration = .seconds(2),
+        schedulerInterval: Duration = .seconds(60),
+        defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024,
+        orphanGracePeriod: Duration = .seconds(3600)
+    ) {
+        self.workers = workers
+        self.leaseDuration = leaseDuration
+        self.maxAttempts = maxAttempts
+        self.pollInterval = pollInterval
+        self.schedulerInterval = schedulerInterval
+        self.defaultQuotaBytes = defaultQuotaBytes
+        self.orphanGracePeriod = orphanGracePeriod
+    }
+}

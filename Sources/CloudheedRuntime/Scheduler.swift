@@ -1,0 +1,141 @@
+import CloudheedDomain
+import CloudheedStorage
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// Daily automatic backups and their expiry.
+///
+/// Each database keeps `next_backup_at`, the start of the next window occurrence that still needs
+/// its backup. A tick takes the databases whose occurrence has started (inside the window now, or
+/// missed while the service was down) and enqueues one automatic backup for the day the latest
+/// occurrence opened; a unique (database, day) constraint makes a second one for the same day
+/// impossible. The tick's work grows with the number of due databases, not with the total.
+public struct Scheduler: Sendable {
+    let service: BackupService
+    let logger: Logger
+    let batchSize = 500
+
+    public init(service: BackupService, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    public struct TickReport: Sendable, Equatable {
+        public var backupsCreated = 0
+        public var backupsExpired = 0
+    }
+
+    @discardableResult
+    public func tick() async throws -> TickReport {
+        var report = TickReport()
+        let now = service.clock.now()
+        while true {
+            let due = try await service.catalog.dueDatabases(now: now, limit: batchSize)
+            for database in due {
+                if try await enqueue(database, now: now) { report.backupsCreated += 1 }
+            }
+            if due.count < batchSize { break }
+        }
+        if report.backupsCreated > 0 { service.signal.notify() }
+        report.backupsExpired = try await expire(now: now)
+        return report
+    }
+
+    func enqueue(_ database: ManagedDatabase, now: Date) async throws -> Bool {
+        let occurrence = database.backupWindow.latestStart(atOrBefore: now)
+        let day = UTCFormat.day(occurrence)
+        let backup = Backup(
+            id: service.ids.make(.backup), accountID: database.accountID, databaseID: database.id,
+            name: BackupName.automatic(day: day), type: .automatic, status: .pending, engine: database.engine,
+            createdAt: now, expiresAt: now.addingTimeInterval(database.tier.retention.seconds), scheduledDay: day)
+        let inserted = try await service.catalog.enqueueAutomaticBackup(
+            backup, jobID: service.ids.make(.job), nextBackupAt: occurrence.addingTimeInterval(86_400), now: now)
+        if inserted {
+            logger.info("automatic backup scheduled", metadata: ["database.id": "\(database.id)", "backup.id": "\(backup.id)", "backup.day": "\(day)"])
+        }
+        return inserted
+    }
+
+    /// Deletes automatic backups past `expires_at`, with their stored data.
+    func expire(now: Date) async throws -> Int {
+        var count = 0
+        while true {
+            let expired = try await service.catalog.expiredBackups(now: now, limit: batchSize)
+            for candidate in expired {
+                if let deleted = try await service.catalog.deleteExpiredBackup(id: candidate.id, now: now) {
+                    await service.deleteStoredData(of: deleted, logger: logger)
+                    logger.info("automatic backup expired", metadata: ["backup.id": "\(deleted.id)", "database.id": "\(deleted.databaseID)"])
+                    count += 1
+                }
+            }
+            if expired.count < batchSize { break }
+        }
+        return count
+    }
+}
+
+/// Sweeps repository objects no backup refers to: what a crash left between writing an object
+/// and recording it, or between deleting a backup's row and its data. Objects of backups still
+/// running are kept, and so is anything younger than the grace period.
+public struct RepositoryJanitor: Sendable {
+    let service: BackupService
+    let logger: Logger
+
+    public init(service: BackupService, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    @discardableResult
+    public func sweep() async throws -> Int {
+        let cutoff = service.clock.now().addingTimeInterval(-service.settings.orphanGracePeriod.seconds)
+        var removed = 0
+        for entry in try await service.repository.list() where entry.modifiedAt < cutoff {
+            // Keys are "<backup id>-<attempt>"; backup ids are "backup-<random>".
+            let parts = entry.key.split(separator: "-")
+            guard parts.count >= 2 else { continue }
+            let backupID = "\(parts[0])-\(parts[1])"
+            let backup = try await service.catalog.backup(id: backupID)
+            let referenced = backup.map { !$0.status.isFinished || $0.object?.key == entry.key } ?? false
+            if !referenced {
+                try await service.repository.delete(key: entry.key)
+                removed += 1
+                logger.info("removed unreferenced repository object", metadata: ["object.key": "\(entry.key)"])
+            }
+        }
+        return removed
+    }
+}
+
+/// Runs scheduler ticks, and the janitor every hour, until shutdown.
+public struct SchedulerService: Service {
+    let scheduler: Scheduler
+    let janitor: RepositoryJanitor
+    let interval: Duration
+    let logger: Logger
+
+    public init(scheduler: Scheduler, janitor: RepositoryJanitor, interval: Duration, logger: Logger) {
+        self.scheduler = scheduler
+        self.janitor = janitor
+        self.interval = interval
+        self.logger = logger
+    }
+
+    public func run() async throws {
+        var lastSweep: ContinuousClock.Instant?
+        while !Task.isCancelled, !Task.isShuttingDownGracefully {
+            do {
+                try await scheduler.tick()
+                if lastSweep.map({ ContinuousClock.now - $0 > .seconds(3600) }) ?? true {
+                    try await janitor.sweep()
+                    lastSweep = .now
+                }
+            } catch {
+                logger.error("scheduler tick failed", metadata: ["error": "\(error)"])
+            }
+            // Graceful shutdown cuts the wait short instead of holding the process for a whole interval.
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: self.interval) }
+        }
+    }
+}

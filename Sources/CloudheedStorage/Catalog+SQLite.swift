@@ -1,0 +1,601 @@
+import CloudheedDomain
+import Foundation
+import GRDB
+
+/// The embedded catalog: one SQLite file in WAL mode through a single GRDB `DatabasePool`.
+/// Timestamps are stored as integer milliseconds since 1970 so comparisons are plain integer ones.
+public final class SQLiteCatalog: Catalog {
+    let pool: DatabasePool
+
+    /// Opens (creating if needed) the catalog at `path` and runs its migrations.
+    public init(path: String) throws {
+        var configuration = Configuration()
+        configuration.foreignKeysEnabled = true
+        configuration.busyMode = .timeout(10)
+        configuration.label = "catalog"
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE accounts (
+                    id TEXT PRIMARY KEY,
+                    name TEXT NOT NULL,
+                    storage_quota_bytes INTEGER NOT NULL CHECK (storage_quota_bytes >= 0),
+                    created_at INTEGER NOT NULL
+                );
+                CREATE TABLE tokens (
+                    id TEXT PRIMARY KEY,
+                    account_id TEXT NOT NULL REFERENCES accounts(id) ON DELETE CASCADE,
+                    secret_hash BLOB NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE TABLE databases (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    account_id TEXT NOT NULL REFERENCES accounts(id),
+                    name TEXT NOT NULL,
+                    tier TEXT NOT NULL CHECK (tier IN ('free','micro','small','medium','large','xlarge')),
+                    engine TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('creating','restoring','available','failed','deleted')),
+                    window_start_minute INTEGER NOT NULL CHECK (window_start_minute BETWEEN 0 AND 1439),
+                    window_minutes INTEGER NOT NULL CHECK (window_minutes BETWEEN 30 AND 1439),
+                    location TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    deleted_at INTEGER,
+                    next_backup_at INTEGER NOT NULL,
+                    error_code TEXT,
+                    error_message TEXT
+                );
+                CREATE UNIQUE INDEX databases_live_name ON databases(account_id, name) WHERE status <> 'deleted';
+                CREATE INDEX databases_by_account ON databases(account_id, created_at);
+                CREATE INDEX databases_due ON databases(next_backup_at) WHERE status = 'available';
+                CREATE TABLE backups (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    account_id TEXT NOT NULL REFERENCES accounts(id),
+                    database_id TEXT NOT NULL REFERENCES databases(id),
+                    name TEXT NOT NULL,
+                    type TEXT NOT NULL CHECK (type IN ('automatic','manual')),
+                    status TEXT NOT NULL CHECK (status IN ('pending','in_progress','completed','failed')),
+                    engine TEXT NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    started_at INTEGER,
+                    completed_at INTEGER,
+                    expires_at INTEGER,
+                    scheduled_day TEXT,
+                    object_key TEXT,
+                    size_bytes INTEGER,
+                    checksum TEXT,
+                    error_code TEXT,
+                    error_message TEXT,
+                    CHECK ((type = 'automatic') = (scheduled_day IS NOT NULL)),
+                    CHECK (status <> 'completed' OR (object_key IS NOT NULL AND size_bytes IS NOT NULL AND checksum IS NOT NULL))
+                );
+                CREATE UNIQUE INDEX backups_one_automatic_per_day ON backups(database_id, scheduled_day) WHERE scheduled_day IS NOT NULL;
+                CREATE INDEX backups_by_database ON backups(database_id, created_at, seq);
+                CREATE INDEX backups_expiry ON backups(expires_at) WHERE expires_at IS NOT NULL;
+                CREATE INDEX backups_manual_usage ON backups(account_id) WHERE type = 'manual' AND status = 'completed';
+                CREATE TABLE restores (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    account_id TEXT NOT NULL REFERENCES accounts(id),
+                    backup_id TEXT NOT NULL,
+                    source_database_id TEXT NOT NULL REFERENCES databases(id),
+                    target_database_id TEXT NOT NULL REFERENCES databases(id),
+                    status TEXT NOT NULL CHECK (status IN ('pending','in_progress','completed','failed')),
+                    created_at INTEGER NOT NULL,
+                    completed_at INTEGER,
+                    error_code TEXT,
+                    error_message TEXT
+                );
+                CREATE INDEX restores_active_by_backup ON restores(backup_id) WHERE status IN ('pending','in_progress');
+                CREATE TABLE jobs (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    kind TEXT NOT NULL CHECK (kind IN ('backup','restore')),
+                    subject_id TEXT NOT NULL UNIQUE,
+                    status TEXT NOT NULL CHECK (status IN ('pending','running')),
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    lease_token TEXT,
+                    lease_expires_at INTEGER,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE INDEX jobs_pending ON jobs(seq) WHERE status = 'pending';
+                CREATE INDEX jobs_leases ON jobs(lease_expires_at) WHERE status = 'running';
+                """)
+        }
+        return migrator
+    }
+
+    // MARK: Accounts and tokens
+
+    public func createAccount(_ account: Account, token: StoredToken) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO accounts (id, name, storage_quota_bytes, created_at) VALUES (?, ?, ?, ?)",
+                arguments: [account.id, account.name, account.storageQuotaBytes, ms(account.createdAt)])
+            try Self.insertToken(token, db)
+        }
+    }
+
+    public func addToken(_ token: StoredToken) async throws {
+        try await pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE id = ?", arguments: [token.accountID]) != nil else {
+                throw DomainError.accountNotFound
+            }
+            try Self.insertToken(token, db)
+        }
+    }
+
+    static func insertToken(_ token: StoredToken, _ db: GRDB.Database) throws {
+        try db.execute(
+            sql: "INSERT INTO tokens (id, account_id, secret_hash, created_at) VALUES (?, ?, ?, ?)",
+            arguments: [token.id, token.accountID, Data(token.secretHash), ms(token.createdAt)])
+    }
+
+    public func token(id: String) async throws -> StoredToken? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM tokens WHERE id = ?", arguments: [id]).map { row in
+                StoredToken(id: row["id"], accountID: row["account_id"], secretHash: [UInt8](row["secret_hash"] as Data), createdAt: date(row["created_at"]))
+            }
+        }
+    }
+
+    public func account(id: String) async throws -> Account? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM accounts WHERE id = ?", arguments: [id]).map { row in
+                Account(id: row["id"], name: row["name"], storageQuotaBytes: row["storage_quota_bytes"], createdAt: date(row["created_at"]))
+            }
+        }
+    }
+
+    public func storageUsedBytes(accountID: String) async throws -> Int64 {
+        try await pool.read { db in try Self.usage(accountID, db) }
+    }
+
+    static func usage(_ accountID: String, _ db: GRDB.Database) throws -> Int64 {
+        try Int64.fetchOne(
+            db, sql: "SELECT COALESCE(SUM(size_bytes), 0) FROM backups WHERE account_id = ? AND type = 'manual' AND status = 'completed'",
+            arguments: [accountID]) ?? 0
+    }
+
+    // MARK: Databases
+
+    public func insertDatabase(_ database: ManagedDatabase) async throws {
+        try await pool.write { db in try Self.insertDatabase(database, db) }
+    }
+
+    static func insertDatabase(_ d: ManagedDatabase, _ db: GRDB.Database) throws {
+        if try nameInUse(d.accountID, d.name, db) { throw DomainError.databaseNameTaken(d.name) }
+        try db.execute(
+            sql: """
+                INSERT INTO databases (id, account_id, name, tier, engine, status, window_start_minute, window_minutes,
+                    location, created_at, deleted_at, next_backup_at, error_code, error_message)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                d.id, d.accountID, d.name, d.tier.rawValue, d.engine.rawValue, d.status.rawValue,
+                d.backupWindow.startMinute, d.backupWindow.durationMinutes, d.location, ms(d.createdAt),
+                d.deletedAt.map(ms), ms(d.nextBackupAt), d.error?.code, d.error?.message,
+            ])
+    }
+
+    static func nameInUse(_ accountID: String, _ name: String, _ db: GRDB.Database) throws -> Bool {
+        try Bool.fetchOne(
+            db, sql: "SELECT 1 FROM databases WHERE account_id = ? AND name = ? AND status <> 'deleted'",
+            arguments: [accountID, name]) != nil
+    }
+
+    public func databaseNameInUse(accountID: String, name: String) async throws -> Bool {
+        try await pool.read { db in try Self.nameInUse(accountID, name, db) }
+    }
+
+    public func database(id: String, accountID: String) async throws -> ManagedDatabase? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(Self.database)
+        }
+    }
+
+    public func database(id: String) async throws -> ManagedDatabase? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [id]).map(Self.database)
+        }
+    }
+
+    public func databases(accountID: String, includeDeleted: Bool) async throws -> [ManagedDatabase] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM databases WHERE account_id = ? AND (? OR status <> 'deleted') ORDER BY created_at, seq",
+                arguments: [accountID, includeDeleted]
+            ).map(Self.database)
+        }
+    }
+
+    public func updateDatabase(id: String, accountID: String, changes: DatabaseChanges) async throws -> ManagedDatabase {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]) else {
+                throw DomainError.databaseNotFound
+            }
+            var database = Self.database(row)
+            guard database.status != .deleted else { throw DomainError.databaseDeleted }
+            if let tier = changes.tier {
+                database.tier = tier
+                // The new retention applies to the backups already taken: expiry is creation + retention.
+                try db.execute(
+                    sql: "UPDATE backups SET expires_at = created_at + ? WHERE database_id = ? AND type = 'automatic'",
+                    arguments: [Int64(tier.retentionDays) * 86_400_000, id])
+            }
+            if let window = changes.backupWindow { database.backupWindow = window }
+            if let next = changes.nextBackupAt { database.nextBackupAt = next }
+            try db.execute(
+                sql: "UPDATE databases SET tier = ?, window_start_minute = ?, window_minutes = ?, next_backup_at = ? WHERE id = ?",
+                arguments: [database.tier.rawValue, database.backupWindow.startMinute, database.backupWindow.durationMinutes, ms(database.nextBackupAt), id])
+            return database
+        }
+    }
+
+    public func markDatabaseDeleted(id: String, accountID: String, at: Date) async throws -> [Backup] {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]) else {
+                throw DomainError.databaseNotFound
+            }
+            let database = Self.database(row)
+            switch database.status {
+            case .deleted: throw DomainError.databaseDeleted
+            case .creating, .restoring: throw DomainError(.conflict, code: "database_busy", message: "the database is \(database.status.rawValue); delete it once that has finished")
+            case .available, .failed: break
+            }
+            let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(Self.backup)
+            try db.execute(sql: "DELETE FROM jobs WHERE kind = 'backup' AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])
+            // Restores reading these backups keep their history; the backup rows go.
+            try db.execute(sql: "DELETE FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id])
+            try db.execute(sql: "UPDATE databases SET status = 'deleted', deleted_at = ? WHERE id = ?", arguments: [ms(at), id])
+            return automatic
+        }
+    }
+
+    // MARK: Backups
+
+    public func enqueueManualBackup(_ backup: Backup, jobID: String, now: Date) async throws {
+        try await pool.write { db in
+            guard let quota = try Int64.fetchOne(db, sql: "SELECT storage_quota_bytes FROM accounts WHERE id = ?", arguments: [backup.accountID]) else {
+                throw DomainError.accountNotFound
+            }
+            guard try Self.usage(backup.accountID, db) < quota else { throw DomainError.storageQuotaExceeded }
+            try Self.requireAvailable(backup.databaseID, db)
+            try Self.insertBackup(backup, db)
+            try Self.insertJob(id: jobID, kind: .backup, subject: backup.id, now: now, db)
+        }
+    }
+
+    public func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date) async throws -> Bool {
+        try await pool.write { db in
+            let exists = try Bool.fetchOne(
+                db, sql: "SELECT 1 FROM backups WHERE database_id = ? AND scheduled_day = ?",
+                arguments: [backup.databaseID, backup.scheduledDay]) != nil
+            let status = try String.fetchOne(db, sql: "SELECT status FROM databases WHERE id = ?", arguments: [backup.databaseID])
+            let inserted = !exists && status == DatabaseStatus.available.rawValue
+            if inserted {
+                try Self.insertBackup(backup, db)
+                try Self.insertJob(id: jobID, kind: .backup, subject: backup.id, now: now, db)
+            }
+            try db.execute(sql: "UPDATE databases SET next_backup_at = ? WHERE id = ?", arguments: [ms(nextBackupAt), backup.databaseID])
+            return inserted
+        }
+    }
+
+    static func requireAvailable(_ databaseID: String, _ db: GRDB.Database) throws {
+        guard let raw = try String.fetchOne(db, sql: "SELECT status FROM databases WHERE id = ?", arguments: [databaseID]),
+              let status = DatabaseStatus(rawValue: raw)
+        else { throw DomainError.databaseNotFound }
+        if status == .deleted { throw DomainError.databaseDeleted }
+        guard status == .available else { throw DomainError.databaseNotAvailable(status) }
+    }
+
+    static func insertBackup(_ b: Backup, _ db: GRDB.Database) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO backups (id, account_id, database_id, name, type, status, engine, created_at, started_at, completed_at,
+                    expires_at, scheduled_day, object_key, size_bytes, checksum, error_code, error_message)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+            arguments: [
+                b.id, b.accountID, b.databaseID, b.name, b.type.rawValue, b.status.rawValue, b.engine.rawValue,
+                ms(b.createdAt), b.startedAt.map(ms), b.completedAt.map(ms), b.expiresAt.map(ms), b.scheduledDay,
+                b.object?.key, b.object?.sizeBytes, b.object?.checksum, b.error?.code, b.error?.message,
+            ])
+    }
+
+    static func insertJob(id: String, kind: JobKind, subject: String, now: Date, _ db: GRDB.Database) throws {
+        try db.execute(
+            sql: "INSERT INTO jobs (id, kind, subject_id, status, created_at) VALUES (?, ?, ?, 'pending', ?)",
+            arguments: [id, kind.rawValue, subject, ms(now)])
+    }
+
+    public func backups(databaseID: String, accountID: String, type: BackupType?, status: BackupStatus?) async throws -> [Backup] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM backups WHERE database_id = ? AND account_id = ?
+                      AND (? IS NULL OR type = ?) AND (? IS NULL OR status = ?)
+                    ORDER BY created_at DESC, seq DESC
+                    """,
+                arguments: [databaseID, accountID, type?.rawValue, type?.rawValue, status?.rawValue, status?.rawValue]
+            ).map(Self.backup)
+        }
+    }
+
+    public func backup(id: String, databaseID: String, accountID: String) async throws -> Backup? {
+        try await pool.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM backups WHERE id = ? AND database_id = ? AND account_id = ?",
+                arguments: [id, databaseID, accountID]
+            ).map(Self.backup)
+        }
+    }
+
+    public func backup(id: String) async throws -> Backup? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [id]).map(Self.backup)
+        }
+    }
+
+    public func deleteManualBackup(id: String, databaseID: String, accountID: String) async throws -> Backup {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(
+                db, sql: "SELECT * FROM backups WHERE id = ? AND database_id = ? AND account_id = ?",
+                arguments: [id, databaseID, accountID])
+            else { throw DomainError.backupNotFound }
+            let backup = Self.backup(row)
+            try backup.checkDeletable()
+            if try Bool.fetchOne(db, sql: "SELECT 1 FROM restores WHERE backup_id = ? AND status IN ('pending','in_progress')", arguments: [id]) != nil {
+                throw DomainError(.conflict, code: "backup_in_use", message: "a restore from this backup is running; delete it once the restore has finished")
+            }
+            try db.execute(sql: "DELETE FROM backups WHERE id = ?", arguments: [id])
+            return backup
+        }
+    }
+
+    public func dueDatabases(now: Date, limit: Int) async throws -> [ManagedDatabase] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM databases WHERE status = 'available' AND next_backup_at <= ? ORDER BY next_backup_at LIMIT ?",
+                arguments: [ms(now), limit]
+            ).map(Self.database)
+        }
+    }
+
+    static let expiredCondition = """
+        type = 'automatic' AND status IN ('completed','failed') AND expires_at <= ?
+        AND NOT EXISTS (SELECT 1 FROM restores r WHERE r.backup_id = backups.id AND r.status IN ('pending','in_progress'))
+        """
+
+    public func expiredBackups(now: Date, limit: Int) async throws -> [Backup] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db, sql: "SELECT * FROM backups WHERE \(Self.expiredCondition) ORDER BY expires_at LIMIT ?",
+                arguments: [ms(now), limit]
+            ).map(Self.backup)
+        }
+    }
+
+    public func deleteExpiredBackup(id: String, now: Date) async throws -> Backup? {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ? AND \(Self.expiredCondition)", arguments: [id, ms(now)]) else {
+                return nil
+            }
+            try db.execute(sql: "DELETE FROM backups WHERE id = ?", arguments: [id])
+            return Self.backup(row)
+        }
+    }
+
+    // MARK: Restores
+
+    public func enqueueRestore(_ restore: Restore, target: ManagedDatabase, jobID: String, now: Date) async throws {
+        try await pool.write { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ? AND account_id = ?", arguments: [restore.backupID, restore.accountID]) else {
+                throw DomainError.backupNotFound
+            }
+            try Self.backup(row).checkRestorable()
+            try Self.insertDatabase(target, db)
+            try db.execute(
+                sql: """
+                    INSERT INTO restores (id, account_id, backup_id, source_database_id, target_database_id, status, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?)
+                    """,
+                arguments: [restore.id, restore.accountID, restore.backupID, restore.sourceDatabaseID, restore.targetDatabaseID,
+                            restore.status.rawValue, ms(restore.createdAt)])
+            try Self.insertJob(id: jobID, kind: .restore, subject: restore.id, now: now, db)
+        }
+    }
+
+    public func restore(id: String, accountID: String) async throws -> Restore? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(Self.restore)
+        }
+    }
+
+    public func restore(id: String) async throws -> Restore? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ?", arguments: [id]).map(Self.restore)
+        }
+    }
+
+    // MARK: Jobs
+
+    public func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob? {
+        let nowMs = ms(now)
+        let until = now.addingTimeInterval(leaseDuration.seconds)
+        return try await pool.write { db in
+            // Jobs whose worker died too often are failed rather than retried forever.
+            let exhausted = try Row.fetchAll(
+                db, sql: "SELECT * FROM jobs WHERE status = 'running' AND lease_expires_at <= ? AND attempts >= ?",
+                arguments: [nowMs, maxAttempts])
+            for row in exhausted {
+                let attempts: Int = row["attempts"]
+                try Self.apply(
+                    .failed(ErrorInfo(code: "worker_lost", message: "the worker running this job stopped \(attempts) times before finishing; giving up")),
+                    kind: JobKind(rawValue: row["kind"])!, subject: row["subject_id"], at: now, db)
+                try db.execute(sql: "DELETE FROM jobs WHERE id = ?", arguments: [row["id"] as String])
+            }
+            guard let row = try Row.fetchOne(
+                db,
+                sql: """
+                    SELECT * FROM jobs WHERE status = 'pending' OR (status = 'running' AND lease_expires_at <= ?)
+                    ORDER BY seq LIMIT 1
+                    """,
+                arguments: [nowMs])
+            else { return nil }
+            let id: String = row["id"]
+            let attempts: Int = row["attempts"] + 1
+            try db.execute(
+                sql: "UPDATE jobs SET status = 'running', attempts = ?, lease_token = ?, lease_expires_at = ? WHERE id = ?",
+                arguments: [attempts, leaseToken, ms(until), id])
+            let kind = JobKind(rawValue: row["kind"])!
+            let subject: String = row["subject_id"]
+            switch kind {
+            case .backup:
+                try db.execute(
+                    sql: "UPDATE backups SET status = 'in_progress', started_at = COALESCE(started_at, ?) WHERE id = ?",
+                    arguments: [nowMs, subject])
+            case .restore:
+                try db.execute(sql: "UPDATE restores SET status = 'in_progress' WHERE id = ?", arguments: [subject])
+            }
+            return ClaimedJob(id: id, kind: kind, subjectID: subject, attempt: attempts, leaseToken: leaseToken, leaseExpiresAt: until)
+        }
+    }
+
+    public func renewLease(jobID: String, leaseToken: String, until: Date) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
+                arguments: [ms(until), jobID, leaseToken])
+            return db.changesCount == 1
+        }
+    }
+
+    public func finishJob(_ job: ClaimedJob, outcome: JobOutcome, at: Date) async throws -> JobFinish {
+        try await pool.write { db in
+            guard try Bool.fetchOne(
+                db, sql: "SELECT 1 FROM jobs WHERE id = ? AND lease_token = ? AND status = 'running'",
+                arguments: [job.id, job.leaseToken]) != nil
+            else { return .leaseLost }
+            try db.execute(sql: "DELETE FROM jobs WHERE id = ?", arguments: [job.id])
+            return try Self.apply(outcome, kind: job.kind, subject: job.subjectID, at: at, db) ? .applied : .subjectGone
+        }
+    }
+
+    /// Writes a job's outcome onto its subject; false when the subject is gone.
+    @discardableResult
+    static func apply(_ outcome: JobOutcome, kind: JobKind, subject: String, at: Date, _ db: GRDB.Database) throws -> Bool {
+        let atMs = ms(at)
+        switch (kind, outcome) {
+        case (.backup, .backupCompleted(let object)):
+            try db.execute(
+                sql: """
+                    UPDATE backups SET status = 'completed', completed_at = ?, object_key = ?, size_bytes = ?, checksum = ?,
+                        error_code = NULL, error_message = NULL WHERE id = ?
+                    """,
+                arguments: [atMs, object.key, object.sizeBytes, object.checksum, subject])
+            return db.changesCount == 1
+        case (.backup, .failed(let error)):
+            try db.execute(
+                sql: "UPDATE backups SET status = 'failed', completed_at = ?, error_code = ?, error_message = ? WHERE id = ?",
+                arguments: [atMs, error.code, error.message, subject])
+            return db.changesCount == 1
+        case (.restore, .restoreCompleted):
+            try db.execute(sql: "UPDATE restores SET status = 'completed', completed_at = ? WHERE id = ?", arguments: [atMs, subject])
+            guard db.changesCount == 1 else { return false }
+            try db.execute(
+                sql: "UPDATE databases SET status = 'available' WHERE id = (SELECT target_database_id FROM restores WHERE id = ?)",
+                arguments: [subject])
+            return true
+        case (.restore, .failed(let error)):
+            try db.execute(
+                sql: "UPDATE restores SET status = 'failed', completed_at = ?, error_code = ?, error_message = ? WHERE id = ?",
+                arguments: [atMs, error.code, error.message, subject])
+            guard db.changesCount == 1 else { return false }
+            try db.execute(
+                sql: "UPDATE databases SET status = 'failed', error_code = ?, error_message = ? WHERE id = (SELECT target_database_id FROM restores WHERE id = ?)",
+                arguments: [error.code, error.message, subject])
+            return true
+        case (.backup, .restoreCompleted), (.restore, .backupCompleted):
+            preconditionFailure("outcome \(outcome) does not fit a \(kind) job")
+        }
+    }
+
+    public func releaseJob(_ job: ClaimedJob) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE jobs SET status = 'pending', attempts = attempts - 1, lease_token = NULL, lease_expires_at = NULL WHERE id = ? AND lease_token = ?",
+                arguments: [job.id, job.leaseToken])
+        }
+    }
+
+    public func jobCounts() async throws -> (pending: Int, running: Int) {
+        try await pool.read { db in
+            let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM jobs WHERE status = 'pending'") ?? 0
+            let running = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM jobs WHERE status = 'running'") ?? 0
+            return (pending, running)
+        }
+    }
+
+    // MARK: Row mapping
+
+    static func errorInfo(_ row: Row) -> ErrorInfo? {
+        guard let code: String = row["error_code"] else { return nil }
+        return ErrorInfo(code: code, message: row["error_message"] ?? "")
+    }
+
+    static func database(_ row: Row) -> ManagedDatabase {
+        let start: Int = row["window_start_minute"]
+        let minutes: Int = row["window_minutes"]
+        return ManagedDatabase(
+            id: row["id"], accountID: row["account_id"], name: row["name"],
+            tier: Tier(rawValue: row["tier"])!, engine: EngineKind(rawValue: row["engine"]) ?? .sqlite,
+            status: DatabaseStatus(rawValue: row["status"])!,
+            // The schema's CHECK constraints hold the same bounds as the initializer.
+            backupWindow: try! BackupWindow(startMinute: start, durationMinutes: minutes),
+            location: row["location"], createdAt: date(row["created_at"]), deletedAt: (row["deleted_at"] as Int64?).map(date),
+            nextBackupAt: date(row["next_backup_at"]), error: errorInfo(row))
+    }
+
+    static func backup(_ row: Row) -> Backup {
+        var object: StoredObject?
+        if let key: String = row["object_key"], let size: Int64 = row["size_bytes"], let checksum: String = row["checksum"] {
+            object = StoredObject(key: key, sizeBytes: size, checksum: checksum)
+        }
+        return Backup(
+            id: row["id"], accountID: row["account_id"], databaseID: row["database_id"], name: row["name"],
+            type: BackupType(rawValue: row["type"])!, status: BackupStatus(rawValue: row["status"])!,
+            engine: EngineKind(rawValue: row["engine"]) ?? .sqlite, createdAt: date(row["created_at"]),
+            startedAt: (row["started_at"] as Int64?).map(date), completedAt: (row["completed_at"] as Int64?).map(date),
+            expiresAt: (row["expires_at"] as Int64?).map(date), scheduledDay: row["scheduled_day"], object: object,
+            error: errorInfo(row))
+    }
+
+    static func restore(_ row: Row) -> Restore {
+        Restore(
+            id: row["id"], accountID: row["account_id"], backupID: row["backup_id"],
+            sourceDatabaseID: row["source_database_id"], targetDatabaseID: row["target_database_id"],
+            status: RestoreStatus(rawValue: row["status"])!, createdAt: date(row["created_at"]),
+            completedAt: (row["completed_at"] as Int64?).map(date), error: errorInfo(row))
+    }
+}
+
+func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
+func date(_ ms: Int64) -> Date { Date(timeIntervalSince1970: TimeInterval(ms) / 1000) }
+
+extension Duration {
+    /// The duration in (fractional) seconds.
+    public var seconds: TimeInterval {
+        let (s, attoseconds) = components
+        return TimeInterval(s) + TimeInterval(attoseconds) / 1e18
+    }
+}

@@ -1,0 +1,110 @@
+import CloudheedDomain
+import Foundation
+
+/// An API token as the catalog keeps it: only a hash of the secret part is stored.
+public struct StoredToken: Sendable, Equatable {
+    public var id: String
+    public var accountID: String
+    /// SHA-256 of the token's secret part.
+    public var secretHash: [UInt8]
+    public var createdAt: Date
+
+    public init(id: String, accountID: String, secretHash: [UInt8], createdAt: Date) {
+        self.id = id
+        self.accountID = accountID
+        self.secretHash = secretHash
+        self.createdAt = createdAt
+    }
+}
+
+/// Result of applying a finished job's outcome.
+public enum JobFinish: Sendable, Equatable {
+    /// The outcome was recorded.
+    case applied
+    /// Another worker holds the job now (our lease expired); nothing was written.
+    case leaseLost
+    /// The job's subject no longer exists (e.g. the database was deleted with its automatic backups).
+    case subjectGone
+}
+
+/// Changes a PATCH may make to a database.
+public struct DatabaseChanges: Sendable {
+    public var tier: Tier?
+    public var backupWindow: BackupWindow?
+    /// The next occurrence due, recomputed by the caller when the window changes.
+    public var nextBackupAt: Date?
+    public init(tier: Tier? = nil, backupWindow: BackupWindow? = nil, nextBackupAt: Date? = nil) {
+        self.tier = tier
+        self.backupWindow = backupWindow
+        self.nextBackupAt = nextBackupAt
+    }
+}
+
+/// The service's durable state. Every method that changes more than one row does so in one
+/// transaction; implementations keep their SQL dialect to themselves. Rules decided by the
+/// domain (names, windows, retention) arrive as values; the catalog enforces the invariants
+/// that need atomicity (unique live names, one automatic backup per day, the quota check).
+///
+/// Methods taking an `accountID` return nil / throw not-found for rows of other accounts,
+/// exactly as for rows that do not exist.
+public protocol Catalog: Sendable {
+    // MARK: Accounts and tokens
+    func createAccount(_ account: Account, token: StoredToken) async throws
+    /// Throws `DomainError.accountNotFound` when the account does not exist.
+    func addToken(_ token: StoredToken) async throws
+    func token(id: String) async throws -> StoredToken?
+    func account(id: String) async throws -> Account?
+    /// Sum of the sizes of the account's completed manual backups.
+    func storageUsedBytes(accountID: String) async throws -> Int64
+
+    // MARK: Databases
+    /// Throws `DomainError.databaseNameTaken` when a live database of the account has the name.
+    func insertDatabase(_ database: ManagedDatabase) async throws
+    func database(id: String, accountID: String) async throws -> ManagedDatabase?
+    func database(id: String) async throws -> ManagedDatabase?
+    func databases(accountID: String, includeDeleted: Bool) async throws -> [ManagedDatabase]
+    /// Applies the changes; a tier change re-dates the expiry of the database's automatic backups.
+    func updateDatabase(id: String, accountID: String, changes: DatabaseChanges) async throws -> ManagedDatabase
+    /// Marks the database deleted and removes its automatic backups (and their pending jobs),
+    /// returning the removed backups so their stored data can be deleted.
+    func markDatabaseDeleted(id: String, accountID: String, at: Date) async throws -> [Backup]
+    func databaseNameInUse(accountID: String, name: String) async throws -> Bool
+
+    // MARK: Backups
+    /// Inserts a pending manual backup and its job, refusing with `storageQuotaExceeded` when the
+    /// account's completed manual backups already use `quota` or more, all in one transaction.
+    func enqueueManualBackup(_ backup: Backup, jobID: String, now: Date) async throws
+    /// Inserts the automatic backup of `backup.scheduledDay` unless the database already has one
+    /// for that day, and moves the database's next due occurrence; returns whether it inserted.
+    func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date) async throws -> Bool
+    func backups(databaseID: String, accountID: String, type: BackupType?, status: BackupStatus?) async throws -> [Backup]
+    func backup(id: String, databaseID: String, accountID: String) async throws -> Backup?
+    func backup(id: String) async throws -> Backup?
+    /// Deletes a manual backup that has finished, re-checking inside the transaction.
+    func deleteManualBackup(id: String, databaseID: String, accountID: String) async throws -> Backup
+    /// Databases that are available and whose next due occurrence started at or before `now`.
+    func dueDatabases(now: Date, limit: Int) async throws -> [ManagedDatabase]
+    /// Automatic, finished backups whose `expires_at` passed and that no running restore reads.
+    func expiredBackups(now: Date, limit: Int) async throws -> [Backup]
+    /// Deletes an expired backup if it is still expired and unused; returns it when deleted.
+    func deleteExpiredBackup(id: String, now: Date) async throws -> Backup?
+
+    // MARK: Restores
+    /// Creates the target database (status `restoring`), the restore and its job in one transaction,
+    /// re-checking that the backup is completed and the name is free.
+    func enqueueRestore(_ restore: Restore, target: ManagedDatabase, jobID: String, now: Date) async throws
+    func restore(id: String, accountID: String) async throws -> Restore?
+    func restore(id: String) async throws -> Restore?
+
+    // MARK: Jobs
+    /// Claims the oldest runnable job: pending, or running under an expired lease (its worker died).
+    /// A job whose lease expired after `maxAttempts` attempts is failed instead, with its subject.
+    func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob?
+    /// Extends the lease; false when the lease is no longer ours.
+    func renewLease(jobID: String, leaseToken: String, until: Date) async throws -> Bool
+    /// Records the outcome on the subject and removes the job, if the lease is still ours.
+    func finishJob(_ job: ClaimedJob, outcome: JobOutcome, at: Date) async throws -> JobFinish
+    /// Gives a job back (graceful shutdown): pending again, the attempt not counted.
+    func releaseJob(_ job: ClaimedJob) async throws
+    func jobCounts() async throws -> (pending: Int, running: Int)
+}

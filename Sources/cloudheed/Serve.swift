@@ -1,0 +1,79 @@
+import ArgumentParser
+import CloudheedHTTP
+import CloudheedRuntime
+import Configuration
+import Foundation
+import Hummingbird
+import Logging
+
+/// `cloudheed serve`: flags first, then `CLOUDHEED_*` environment variables, then defaults.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the HTTP API, the scheduler and the job workers.")
+
+    @Option(help: "Data directory (env CLOUDHEED_DATA_DIR). Default ./cloudheed-data, created if missing.")
+    var dataDir: String?
+    @Option(help: "Address to listen on (env CLOUDHEED_HOST). Default 127.0.0.1.")
+    var host: String?
+    @Option(help: "Port to listen on (env CLOUDHEED_PORT). Default 8080.")
+    var port: Int?
+    @Option(help: "Seconds between scheduler ticks (env CLOUDHEED_SCHEDULER_INTERVAL). Default 60.")
+    var schedulerInterval: Int?
+    @Option(help: "Jobs run at once (env CLOUDHEED_WORKERS). Default: number of cores.")
+    var workers: Int?
+    @Option(help: "Storage quota of accounts created without one, in bytes (env CLOUDHEED_DEFAULT_QUOTA_BYTES). Default 10 GiB.")
+    var defaultQuotaBytes: Int?
+    @Option(help: "Seconds a worker holds a job without a heartbeat (env CLOUDHEED_LEASE_SECONDS). Default 60.")
+    var leaseSeconds: Int?
+    @Option(help: "trace, debug, info, notice, warning, error or critical (env CLOUDHEED_LOG_LEVEL). Default info.")
+    var logLevel: String?
+
+    func run() async throws {
+        var flags: [AbsoluteConfigKey: ConfigValue] = [:]
+        func set(_ key: AbsoluteConfigKey, _ value: ConfigContent?) {
+            if let value { flags[key] = ConfigValue(value, isSecret: false) }
+        }
+        set("cloudheed.data.dir", dataDir.map { .string($0) })
+        set("cloudheed.host", host.map { .string($0) })
+        set("cloudheed.port", port.map { .int($0) })
+        set("cloudheed.scheduler.interval", schedulerInterval.map { .int($0) })
+        set("cloudheed.workers", workers.map { .int($0) })
+        set("cloudheed.default.quota.bytes", defaultQuotaBytes.map { .int($0) })
+        set("cloudheed.lease.seconds", leaseSeconds.map { .int($0) })
+        set("cloudheed.log.level", logLevel.map { .string($0) })
+        let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
+
+        let levelName = config.string(forKey: "cloudheed.log.level", default: "info")
+        guard let level = Logger.Level(rawValue: levelName) else { throw ValidationError("unknown log level '\(levelName)'") }
+        let port = config.int(forKey: "cloudheed.port", default: 8080)
+        guard (1...65535).contains(port) else { throw ValidationError("--port must be 1-65535") }
+        let workers = config.int(forKey: "cloudheed.workers", default: ProcessInfo.processInfo.activeProcessorCount)
+        guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
+        let interval = config.int(forKey: "cloudheed.scheduler.interval", default: 60)
+        guard interval >= 1 else { throw ValidationError("--scheduler-interval must be at least 1 second") }
+        let lease = config.int(forKey: "cloudheed.lease.seconds", default: 60)
+        guard lease >= 3 else { throw ValidationError("--lease-seconds must be at least 3") }
+        let quota = config.int(forKey: "cloudheed.default.quota.bytes", default: 10 * 1024 * 1024 * 1024)
+        guard quota >= 0 else { throw ValidationError("--default-quota-bytes must be zero or more") }
+
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "cloudheed")
+
+        let settings = RuntimeSettings(
+            workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), defaultQuotaBytes: Int64(quota))
+        let serve = ServeConfiguration(
+            dataDirectory: config.string(forKey: "cloudheed.data.dir", default: "./cloudheed-data"),
+            host: config.string(forKey: "cloudheed.host", default: "127.0.0.1"),
+            port: port,
+            settings: settings,
+            adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true))
+        let app = try buildApplication(serve, logger: logger) { message in
+            // Unbuffered, so it shows even when stdout is a pipe or a file.
+            FileHandle.standardOutput.write(Data((message + "\n").utf8))
+        }
+        try await app.runService()
+    }
+}
