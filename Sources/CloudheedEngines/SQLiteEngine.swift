@@ -33,12 +33,8 @@ public struct SQLiteEngine: DatabaseEngine {
         guard !FileManager.default.fileExists(atPath: location) else {
             throw EngineError(code: "database_exists", message: "a database file already exists at the new database's location")
         }
-        let queue = try DatabaseQueue(path: location)
         // WAL lets applications keep writing while a backup reads its snapshot.
-        try await queue.write { db in
-            _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL")
-        }
-        try queue.close()
+        try await Self.enableWAL(location)
     }
 
     public func drop(at location: String) async throws {
@@ -88,9 +84,7 @@ public struct SQLiteEngine: DatabaseEngine {
             }
             try await Self.check(partial)
             // A snapshot is written in rollback-journal mode; give applications WAL back, as on a new database.
-            let queue = try DatabaseQueue(path: partial, configuration: Self.configuration())
-            try await queue.write { db in _ = try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
-            try queue.close()
+            try await Self.enableWAL(partial)
             try fm.moveItem(atPath: partial, toPath: location)
         } catch {
             Self.removeFiles(partial)
@@ -110,6 +104,16 @@ public struct SQLiteEngine: DatabaseEngine {
         }
         guard result == ["ok"] else {
             throw EngineError(code: "integrity_check_failed", message: "integrity_check reported: \(result.prefix(5).joined(separator: "; "))")
+        }
+    }
+
+    /// Switches the file to WAL mode; the pragma only works outside a transaction.
+    static func enableWAL(_ path: String) async throws {
+        let queue = try DatabaseQueue(path: path, configuration: configuration())
+        let mode = try await queue.writeWithoutTransaction { db in try String.fetchOne(db, sql: "PRAGMA journal_mode = WAL") }
+        try queue.close()
+        guard mode?.lowercased() == "wal" else {
+            throw EngineError(code: "journal_mode_failed", message: "SQLite refused WAL mode (got \(mode ?? "nothing"))")
         }
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import CloudheedDomain
 import Hummingbird
 import Logging
@@ -10,8 +11,9 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as DomainError {
             return Self.response(status: Self.status(error.kind), code: error.code, message: error.message, unauthorized: error.kind == .unauthorized)
-        } catch let error as HTTPError {
-            let (code, message) = Self.describe(error)
+        } catch let error as any HTTPResponseError {
+            // Hummingbird's own errors (no route, body too large) and NIO's NIOTooManyBytesError.
+            let (code, message) = Self.describe(status: error.status, detail: (error as? HTTPError)?.body)
             return Self.response(status: error.status, code: code, message: message)
         } catch {
             context.logger.error("request failed", metadata: ["error": "\(error)"])
@@ -33,13 +35,13 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         }
     }
 
-    static func describe(_ error: HTTPError) -> (String, String) {
-        switch error.status {
+    static func describe(status: HTTPResponse.Status, detail: String?) -> (String, String) {
+        switch status {
         case .notFound: ("not_found", "no such route")
         case .contentTooLarge: ("payload_too_large", "the request body exceeds \(HTTPLimits.maxBodyBytes) bytes")
         case .methodNotAllowed: ("method_not_allowed", "method not allowed on this route")
-        case .badRequest: ("bad_request", error.body ?? "bad request")
-        default: (error.status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_"), error.body ?? error.status.reasonPhrase)
+        case .badRequest: ("bad_request", detail ?? "bad request")
+        default: (status.reasonPhrase.lowercased().replacingOccurrences(of: " ", with: "_"), detail ?? status.reasonPhrase)
         }
     }
 

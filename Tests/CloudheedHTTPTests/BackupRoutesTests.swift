@@ -1,0 +1,169 @@
+import CloudheedDomain
+import Foundation
+import Hummingbird
+import Testing
+
+@Suite("Backups")
+struct BackupRoutesTests {
+    @Test("POST /backups returns 202 with the new manual backup; it completes with its size")
+    func createManual() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let database = try await api.database(token)
+            let id = try #require(database["id"]?.stringValue)
+            try writeRows(path: try filePath(ofURI: database["connection"]?["uri"]?.stringValue), values: ["x", "y"])
+
+            let created = try await api.call(.post, "/v1/databases/\(id)/backups", token: token, body: #"{"name":"pre-migration-backup"}"#)
+            #expect(created.status == .accepted)
+            #expect(created["id"]?.stringValue?.hasPrefix("backup-") == true)
+            #expect(created["database_id"]?.stringValue == id)
+            #expect(created["name"]?.stringValue == "pre-migration-backup")
+            #expect(created["type"]?.stringValue == "manual")
+            #expect(["pending", "in_progress"].contains(created["status"]?.stringValue))
+            #expect(created["size_bytes"] == .null)
+            #expect(created["expires_at"] == .null)
+            #expect(created["completed_at"] == .null)
+            #expect(created["error"] == .null)
+            #expect(created["created_at"]?.stringValue == "2026-03-17T03:00:00Z")
+
+            try await service.runJobs()
+            let done = try await api.call(.get, "/v1/databases/\(id)/backups/\(created["id"]!.stringValue!)", token: token)
+            #expect(done["status"]?.stringValue == "completed")
+            #expect((done["size_bytes"]?.intValue ?? 0) > 0)
+            #expect(done["completed_at"]?.stringValue != nil)
+            #expect(done["expires_at"] == .null)
+        }
+    }
+
+    @Test("A manual backup with no name, or no body at all, gets a generated name")
+    func generatedName() async throws {
+        try await TestService().withClient { api in
+            let (_, token) = try await api.account()
+            let id = try #require(try await api.database(token)["id"]?.stringValue)
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups", token: token)["name"]?.stringValue == "manual-20260317-030000")
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups", token: token, body: "{}")["name"]?.stringValue == "manual-20260317-030000")
+            for body in [#"{"name":""}"#, #"{"name":5}"#, #"{"label":"x"}"#] {
+                #expect(try await api.call(.post, "/v1/databases/\(id)/backups", token: token, body: body).status == .unprocessableContent)
+            }
+        }
+    }
+
+    @Test("GET /backups lists newest first with the documented fields, and filters by type and status")
+    func listAndFilter() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let database = try await api.database(token, tier: "micro", window: "03:00-04:00")
+            let id = try #require(database["id"]?.stringValue)
+            try await service.components.scheduler.tick()
+            try await service.runJobs()
+            service.clock.advance(by: 60)
+            let manual = try await api.completedBackup(token, database: id)
+            service.clock.advance(by: 60)
+            let pending = try await api.call(.post, "/v1/databases/\(id)/backups", token: token, body: #"{"name":"later"}"#)
+
+            let all = try #require(try await api.call(.get, "/v1/databases/\(id)/backups", token: token)["backups"]?.arrayValue)
+            #expect(all.count == 3)
+            #expect(all[0]["id"] == pending["id"])
+            #expect(all[1]["id"] == manual["id"])
+            let automatic = all[2]
+            #expect(automatic["type"]?.stringValue == "automatic")
+            #expect(automatic["status"]?.stringValue == "completed")
+            #expect(automatic["created_at"]?.stringValue == "2026-03-17T03:00:00Z")
+            #expect(automatic["expires_at"]?.stringValue == "2026-03-24T03:00:00Z")
+            let keys = ["id", "database_id", "name", "type", "status", "size_bytes", "created_at", "completed_at", "expires_at", "error"]
+            for key in keys { #expect(automatic[key] != nil, "missing \(key)") }
+
+            let manualOnly = try await api.call(.get, "/v1/databases/\(id)/backups?type=manual", token: token)
+            #expect(manualOnly["backups"]?.arrayValue?.count == 2)
+            let completedManual = try await api.call(.get, "/v1/databases/\(id)/backups?type=manual&status=completed", token: token)
+            #expect(completedManual["backups"]?.arrayValue?.map { $0["id"] } == [manual["id"]])
+            let pendingOnly = try await api.call(.get, "/v1/databases/\(id)/backups?status=pending", token: token)
+            #expect(pendingOnly["backups"]?.arrayValue?.map { $0["id"] } == [pending["id"]])
+
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups?type=weekly", token: token).errorCode == "invalid_type")
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups?status=done", token: token).errorCode == "invalid_status")
+            #expect(try await api.call(.get, "/v1/databases/db-nope/backups", token: token).status == .notFound)
+        }
+    }
+
+    @Test("Only finished manual backups can be deleted: automatic 403, running 409, deleted data removed")
+    func deleteRules() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let id = try #require(try await api.database(token, window: "03:00-04:00")["id"]?.stringValue)
+            try await service.components.scheduler.tick()
+            try await service.runJobs()
+            let automatic = try #require(try await api.call(.get, "/v1/databases/\(id)/backups", token: token)["backups"]?.arrayValue?.first)
+
+            let refused = try await api.call(.delete, "/v1/databases/\(id)/backups/\(automatic["id"]!.stringValue!)", token: token)
+            #expect(refused.status == .forbidden)
+            #expect(refused.errorCode == "automatic_backup_not_deletable")
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups/\(automatic["id"]!.stringValue!)", token: token).status == .ok)
+
+            let running = try await api.call(.post, "/v1/databases/\(id)/backups", token: token)
+            let runningDelete = try await api.call(.delete, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token)
+            #expect(runningDelete.status == .conflict)
+            #expect(runningDelete.errorCode == "backup_in_progress")
+            try await service.runJobs()
+
+            let objectsBefore = try FileManager.default.contentsOfDirectory(atPath: service.directory + "/repository/objects").count
+            let deleted = try await api.call(.delete, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token)
+            #expect(deleted.status == .noContent)
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token).status == .notFound)
+            let objectsAfter = try FileManager.default.contentsOfDirectory(atPath: service.directory + "/repository/objects").count
+            #expect(objectsAfter == objectsBefore - 1)
+            #expect(try await api.call(.delete, "/v1/databases/\(id)/backups/backup-nope", token: token).errorCode == "backup_not_found")
+        }
+    }
+
+    @Test("Completed manual backups count toward the quota, automatic ones do not; at the quota new manual backups get 403")
+    func quota() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account(quota: 1)
+            let id = try #require(try await api.database(token, window: "03:00-04:00")["id"]?.stringValue)
+            try await service.components.scheduler.tick()
+            try await service.runJobs()
+            #expect(try await api.call(.get, "/v1/account", token: token)["storage_used_bytes"]?.intValue == 0)
+
+            let manual = try await api.completedBackup(token, database: id)
+            let used = try #require(try await api.call(.get, "/v1/account", token: token)["storage_used_bytes"]?.intValue)
+            #expect(used == manual["size_bytes"]?.intValue)
+
+            let refused = try await api.call(.post, "/v1/databases/\(id)/backups", token: token)
+            #expect(refused.status == .forbidden)
+            #expect(refused.errorCode == "storage_quota_exceeded")
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups?type=manual", token: token)["backups"]?.arrayValue?.count == 1)
+
+            // Automatic backups still happen over quota.
+            service.clock.advance(by: 86_400)
+            #expect(try await service.components.scheduler.tick().backupsCreated == 1)
+
+            // Freeing space makes room again.
+            #expect(try await api.call(.delete, "/v1/databases/\(id)/backups/\(manual["id"]!.stringValue!)", token: token).status == .noContent)
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups", token: token).status == .accepted)
+        }
+    }
+
+    @Test("A backup of a database whose file vanished fails with an error, and the service carries on")
+    func failedBackup() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let database = try await api.database(token)
+            let id = try #require(database["id"]?.stringValue)
+            try FileManager.default.removeItem(atPath: try filePath(ofURI: database["connection"]?["uri"]?.stringValue))
+            let created = try await api.call(.post, "/v1/databases/\(id)/backups", token: token)
+            try await service.runJobs()
+            let failed = try await api.call(.get, "/v1/databases/\(id)/backups/\(created["id"]!.stringValue!)", token: token)
+            #expect(failed["status"]?.stringValue == "failed")
+            #expect(failed["error"]?["code"]?.stringValue == "database_file_missing")
+            #expect(failed["size_bytes"] == .null)
+            // Failed manual backups can be deleted.
+            #expect(try await api.call(.delete, "/v1/databases/\(id)/backups/\(created["id"]!.stringValue!)", token: token).status == .noContent)
+        }
+    }
+}
