@@ -1,0 +1,347 @@
+import CloudheedDomain
+import CloudheedStorage
+import Foundation
+import Testing
+
+/// A catalog implementation under test, with its own clean-up. The same contract runs against
+/// every implementation; the PostgreSQL catalog joins `all` when it exists.
+struct CatalogFactory: Sendable, CustomTestStringConvertible {
+    let name: String
+    let make: @Sendable () async throws -> (any Catalog, @Sendable () -> Void)
+    var testDescription: String { name }
+
+    static let sqlite = CatalogFactory(name: "SQLite") {
+        let directory = NSTemporaryDirectory() + "cloudheed-catalog-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        return (try SQLiteCatalog(path: directory + "/catalog.sqlite3"), { try? FileManager.default.removeItem(atPath: directory) })
+    }
+
+    static let all: [CatalogFactory] = [.sqlite]
+}
+
+let t0 = Date(timeIntervalSince1970: 1_773_716_400)  // 2026-03-17T03:00:00Z
+let day: TimeInterval = 86_400
+
+/// Builds valid rows for the contract tests.
+struct Fixture {
+    let catalog: any Catalog
+    var counter = 0
+
+    mutating func next(_ prefix: String) -> String {
+        counter += 1
+        return "\(prefix)-\(counter)"
+    }
+
+    mutating func account(quota: Int64 = 1_000_000) async throws -> Account {
+        let account = Account(id: next("acct"), name: "acme", storageQuotaBytes: quota, createdAt: t0)
+        try await catalog.createAccount(account, token: StoredToken(id: next("tok"), accountID: account.id, secretHash: [1, 2, 3], createdAt: t0))
+        return account
+    }
+
+    mutating func database(_ account: Account, name: String? = nil, tier: Tier = .micro, status: DatabaseStatus = .available) async throws -> ManagedDatabase {
+        let id = next("db")
+        let database = ManagedDatabase(
+            id: id, accountID: account.id, name: name ?? id, tier: tier, engine: .sqlite, status: status,
+            backupWindow: try BackupWindow.parse("03:00-04:00"), location: "/tmp/\(id)", createdAt: t0, nextBackupAt: t0)
+        try await catalog.insertDatabase(database)
+        return database
+    }
+
+    mutating func manualBackup(_ database: ManagedDatabase, at: Date = t0) async throws -> Backup {
+        let backup = Backup(
+            id: next("backup"), accountID: database.accountID, databaseID: database.id, name: "m", type: .manual,
+            status: .pending, engine: .sqlite, createdAt: at, expiresAt: nil)
+        try await catalog.enqueueManualBackup(backup, jobID: next("job"), now: at)
+        return backup
+    }
+
+    mutating func automaticBackup(_ database: ManagedDatabase, day dayName: String, at: Date = t0) async throws -> (Backup, Bool) {
+        let backup = Backup(
+            id: next("backup"), accountID: database.accountID, databaseID: database.id, name: "automatic-\(dayName)",
+            type: .automatic, status: .pending, engine: .sqlite, createdAt: at,
+            expiresAt: at.addingTimeInterval(database.tier.retention.seconds), scheduledDay: dayName)
+        let inserted = try await catalog.enqueueAutomaticBackup(backup, jobID: next("job"), nextBackupAt: at.addingTimeInterval(day), now: at)
+        return (backup, inserted)
+    }
+
+    /// Claims the next job and completes it with an object of `size` bytes.
+    mutating func completeNextJob(size: Int64 = 100, at: Date = t0) async throws -> ClaimedJob {
+        let job = try #require(try await catalog.claimJob(leaseToken: next("lease"), now: at, leaseDuration: .seconds(60), maxAttempts: 3))
+        let outcome: JobOutcome = job.kind == .backup
+            ? .backupCompleted(StoredObject(key: "\(job.subjectID)-x", sizeBytes: size, checksum: "00")) : .restoreCompleted
+        #expect(try await catalog.finishJob(job, outcome: outcome, at: at) == .applied)
+        return job
+    }
+}
+
+@Suite("Catalog contract")
+struct CatalogContractTests {
+    func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
+        let (catalog, cleanup) = try await factory.make()
+        defer { cleanup() }
+        var fixture = Fixture(catalog: catalog)
+        try await body(&fixture)
+    }
+
+    @Test("Accounts and tokens round-trip; tokens of unknown accounts are refused", arguments: CatalogFactory.all)
+    func accounts(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account(quota: 42)
+            #expect(try await f.catalog.account(id: account.id) == account)
+            #expect(try await f.catalog.account(id: "acct-missing") == nil)
+            let token = StoredToken(id: "tok-extra", accountID: account.id, secretHash: Array(repeating: 9, count: 32), createdAt: t0)
+            try await f.catalog.addToken(token)
+            #expect(try await f.catalog.token(id: "tok-extra") == token)
+            await #expect(throws: DomainError.accountNotFound) {
+                try await f.catalog.addToken(StoredToken(id: "tok-orphan", accountID: "acct-missing", secretHash: [1], createdAt: t0))
+            }
+            #expect(try await f.catalog.token(id: "tok-orphan") == nil)
+        }
+    }
+
+    @Test("Live names are unique per account; a deleted database frees its name", arguments: CatalogFactory.all)
+    func names(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let a = try await f.account()
+            let b = try await f.account()
+            let shop = try await f.database(a, name: "shop")
+            await #expect(throws: DomainError.databaseNameTaken("shop")) { _ = try await f.database(a, name: "shop") }
+            _ = try await f.database(b, name: "shop")
+            _ = try await f.catalog.markDatabaseDeleted(id: shop.id, accountID: a.id, at: t0)
+            let again = try await f.database(a, name: "shop")
+            #expect(try await f.catalog.databases(accountID: a.id, includeDeleted: false).map(\.id) == [again.id])
+            #expect(try await f.catalog.databases(accountID: a.id, includeDeleted: true).count == 2)
+            #expect(try await f.catalog.database(id: shop.id, accountID: a.id)?.status == .deleted)
+        }
+    }
+
+    @Test("Rows of other accounts are invisible", arguments: CatalogFactory.all)
+    func isolation(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let owner = try await f.account()
+            let other = try await f.account()
+            let database = try await f.database(owner)
+            let backup = try await f.manualBackup(database)
+            #expect(try await f.catalog.database(id: database.id, accountID: other.id) == nil)
+            #expect(try await f.catalog.backups(databaseID: database.id, accountID: other.id, type: nil, status: nil).isEmpty)
+            #expect(try await f.catalog.backup(id: backup.id, databaseID: database.id, accountID: other.id) == nil)
+            await #expect(throws: DomainError.databaseNotFound) {
+                _ = try await f.catalog.updateDatabase(id: database.id, accountID: other.id, changes: DatabaseChanges(tier: .free))
+            }
+            await #expect(throws: DomainError.databaseNotFound) { _ = try await f.catalog.markDatabaseDeleted(id: database.id, accountID: other.id, at: t0) }
+            await #expect(throws: DomainError.backupNotFound) {
+                _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: other.id)
+            }
+        }
+    }
+
+    @Test("One automatic backup per database and day; the due time moves on", arguments: CatalogFactory.all)
+    func oneAutomaticPerDay(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account)
+            #expect(try await f.catalog.dueDatabases(now: t0, limit: 10).map(\.id) == [database.id])
+            #expect(try await f.automaticBackup(database, day: "2026-03-17").1)
+            #expect(try await f.catalog.dueDatabases(now: t0, limit: 10).isEmpty)
+            #expect(try await f.automaticBackup(database, day: "2026-03-17").1 == false)
+            #expect(try await f.automaticBackup(database, day: "2026-03-18").1)
+            #expect(try await f.catalog.backups(databaseID: database.id, accountID: account.id, type: .automatic, status: nil).count == 2)
+            let restoring = try await f.database(account, status: .restoring)
+            #expect(try await f.automaticBackup(restoring, day: "2026-03-17").1 == false)
+        }
+    }
+
+    @Test("Completed manual backups count toward the quota; at the quota a new manual backup is refused", arguments: CatalogFactory.all)
+    func quota(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account(quota: 150)
+            let database = try await f.database(account)
+            _ = try await f.manualBackup(database)
+            _ = try await f.completeNextJob(size: 100)
+            _ = try await f.automaticBackup(database, day: "2026-03-17")
+            _ = try await f.completeNextJob(size: 1000)
+            #expect(try await f.catalog.storageUsedBytes(accountID: account.id) == 100)
+            _ = try await f.manualBackup(database)
+            _ = try await f.completeNextJob(size: 100)
+            #expect(try await f.catalog.storageUsedBytes(accountID: account.id) == 200)
+            await #expect(throws: DomainError.storageQuotaExceeded) { _ = try await f.manualBackup(database) }
+            #expect(try await f.catalog.backups(databaseID: database.id, accountID: account.id, type: .manual, status: nil).count == 2)
+        }
+    }
+
+    @Test("A job under a live lease is not claimed twice; after expiry it is taken over and the old worker is fenced off", arguments: CatalogFactory.all)
+    func leases(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account)
+            let backup = try await f.manualBackup(database)
+            let first = try #require(try await f.catalog.claimJob(leaseToken: "lease-a", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(first.subjectID == backup.id && first.attempt == 1)
+            #expect(try await f.catalog.backup(id: backup.id)?.status == .inProgress)
+            #expect(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(59), leaseDuration: .seconds(60), maxAttempts: 3) == nil)
+            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", until: t0.addingTimeInterval(90)))
+            #expect(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(89), leaseDuration: .seconds(60), maxAttempts: 3) == nil)
+
+            // The first worker dies; its lease runs out.
+            let second = try #require(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(91), leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(second.id == first.id && second.attempt == 2)
+            #expect(try await f.catalog.jobCounts() == (pending: 0, running: 1))
+            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", until: t0.addingTimeInterval(200)) == false)
+            let stale = StoredObject(key: "stale", sizeBytes: 1, checksum: "aa")
+            #expect(try await f.catalog.finishJob(first, outcome: .backupCompleted(stale), at: t0) == .leaseLost)
+            let object = StoredObject(key: "fresh", sizeBytes: 7, checksum: "bb")
+            #expect(try await f.catalog.finishJob(second, outcome: .backupCompleted(object), at: t0.addingTimeInterval(100)) == .applied)
+            let done = try #require(try await f.catalog.backup(id: backup.id))
+            #expect(done.status == .completed && done.object == object && done.sizeBytes == 7)
+            #expect(try await f.catalog.jobCounts() == (pending: 0, running: 0))
+        }
+    }
+
+    @Test("A job whose worker keeps dying is failed after the last attempt, never left in progress", arguments: CatalogFactory.all)
+    func attemptsExhausted(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account)
+            let backup = try await f.manualBackup(database)
+            var now = t0
+            for attempt in 1...2 {
+                let job = try #require(try await f.catalog.claimJob(leaseToken: "l\(attempt)", now: now, leaseDuration: .seconds(10), maxAttempts: 2))
+                #expect(job.attempt == attempt)
+                now = now.addingTimeInterval(11)
+            }
+            #expect(try await f.catalog.claimJob(leaseToken: "l3", now: now, leaseDuration: .seconds(10), maxAttempts: 2) == nil)
+            let failed = try #require(try await f.catalog.backup(id: backup.id))
+            #expect(failed.status == .failed)
+            #expect(failed.error?.code == "worker_lost")
+            #expect(try await f.catalog.jobCounts() == (pending: 0, running: 0))
+        }
+    }
+
+    @Test("A released job is pending again without spending an attempt", arguments: CatalogFactory.all)
+    func release(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            _ = try await f.manualBackup(try await f.database(account))
+            let job = try #require(try await f.catalog.claimJob(leaseToken: "a", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+            try await f.catalog.releaseJob(job)
+            #expect(try await f.catalog.jobCounts() == (pending: 1, running: 0))
+            #expect(try await f.catalog.claimJob(leaseToken: "b", now: t0, leaseDuration: .seconds(60), maxAttempts: 3)?.attempt == 1)
+        }
+    }
+
+    @Test("A tier change re-dates the expiry of existing automatic backups", arguments: CatalogFactory.all)
+    func tierChange(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account, tier: .micro)
+            let (backup, _) = try await f.automaticBackup(database, day: "2026-03-17")
+            let manual = try await f.manualBackup(database)
+            let updated = try await f.catalog.updateDatabase(id: database.id, accountID: account.id, changes: DatabaseChanges(tier: .large))
+            #expect(updated.tier == .large)
+            #expect(try await f.catalog.backup(id: backup.id)?.expiresAt == t0.addingTimeInterval(30 * day))
+            #expect(try await f.catalog.backup(id: manual.id)?.expiresAt == nil)
+            _ = try await f.catalog.updateDatabase(id: database.id, accountID: account.id, changes: DatabaseChanges(tier: .free))
+            #expect(try await f.catalog.backup(id: backup.id)?.expiresAt == t0.addingTimeInterval(day))
+        }
+    }
+
+    @Test("Expired automatic backups are listed and deleted, except while a restore reads them", arguments: CatalogFactory.all)
+    func expiry(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account, tier: .free)
+            let (kept, _) = try await f.automaticBackup(database, day: "2026-03-17")
+            _ = try await f.completeNextJob()
+            let (expiring, _) = try await f.automaticBackup(database, day: "2026-03-16", at: t0.addingTimeInterval(-day))
+            _ = try await f.completeNextJob()
+            #expect(try await f.catalog.expiredBackups(now: t0.addingTimeInterval(1), limit: 10).map(\.id) == [expiring.id])
+
+            // A restore in flight pins it.
+            let target = ManagedDatabase(
+                id: "db-target", accountID: account.id, name: "target", tier: .free, engine: .sqlite, status: .restoring,
+                backupWindow: database.backupWindow, location: "/tmp/t", createdAt: t0, nextBackupAt: t0)
+            let restore = Restore(id: "restore-1", accountID: account.id, backupID: expiring.id, sourceDatabaseID: database.id,
+                                  targetDatabaseID: target.id, status: .pending, createdAt: t0)
+            try await f.catalog.enqueueRestore(restore, target: target, jobID: "job-restore", now: t0)
+            #expect(try await f.catalog.expiredBackups(now: t0.addingTimeInterval(1), limit: 10).isEmpty)
+            #expect(try await f.catalog.deleteExpiredBackup(id: expiring.id, now: t0.addingTimeInterval(1)) == nil)
+            _ = try await f.completeNextJob()
+            #expect(try await f.catalog.restore(id: restore.id)?.status == .completed)
+            #expect(try await f.catalog.database(id: target.id)?.status == .available)
+
+            #expect(try await f.catalog.deleteExpiredBackup(id: expiring.id, now: t0.addingTimeInterval(1))?.id == expiring.id)
+            #expect(try await f.catalog.backup(id: expiring.id) == nil)
+            #expect(try await f.catalog.backup(id: kept.id) != nil)
+            #expect(try await f.catalog.expiredBackups(now: t0.addingTimeInterval(day + 1), limit: 10).map(\.id) == [kept.id])
+        }
+    }
+
+    @Test("Deleting a database removes its automatic backups and their jobs, and keeps manual ones", arguments: CatalogFactory.all)
+    func deleteDatabase(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account)
+            let manual = try await f.manualBackup(database)
+            _ = try await f.completeNextJob()
+            let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
+            let removed = try await f.catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0)
+            #expect(removed.map(\.id) == [automatic.id])
+            #expect(try await f.catalog.jobCounts() == (pending: 0, running: 0))
+            #expect(try await f.catalog.backups(databaseID: database.id, accountID: account.id, type: nil, status: nil).map(\.id) == [manual.id])
+            await #expect(throws: DomainError.databaseDeleted) { _ = try await f.manualBackup(database) }
+            await #expect(throws: DomainError.databaseDeleted) { _ = try await f.catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0) }
+        }
+    }
+
+    @Test("Manual backups are deletable once finished and while no restore reads them", arguments: CatalogFactory.all)
+    func deleteManual(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account)
+            let backup = try await f.manualBackup(database)
+            await #expect(throws: DomainError.backupRunning) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id) }
+            _ = try await f.completeNextJob()
+            let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
+            _ = try await f.completeNextJob()
+            await #expect(throws: DomainError.automaticBackupNotDeletable) {
+                _ = try await f.catalog.deleteManualBackup(id: automatic.id, databaseID: database.id, accountID: account.id)
+            }
+            let target = ManagedDatabase(
+                id: "db-t", accountID: account.id, name: "t", tier: .free, engine: .sqlite, status: .restoring,
+                backupWindow: database.backupWindow, location: "/tmp/t", createdAt: t0, nextBackupAt: t0)
+            try await f.catalog.enqueueRestore(
+                Restore(id: "restore-1", accountID: account.id, backupID: backup.id, sourceDatabaseID: database.id, targetDatabaseID: target.id, status: .pending, createdAt: t0),
+                target: target, jobID: "job-r", now: t0)
+            await #expect(throws: DomainError.self) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id) }
+            let job = try #require(try await f.catalog.claimJob(leaseToken: "r", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(try await f.catalog.finishJob(job, outcome: .failed(ErrorInfo(code: "x", message: "y")), at: t0) == .applied)
+            #expect(try await f.catalog.database(id: target.id)?.status == .failed)
+            #expect(try await f.catalog.restore(id: "restore-1")?.error == ErrorInfo(code: "x", message: "y"))
+            #expect(try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id).id == backup.id)
+        }
+    }
+
+    @Test("A restore needs a completed backup and a free name; a refused restore creates nothing", arguments: CatalogFactory.all)
+    func restoreChecks(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let database = try await f.database(account, name: "shop")
+            let backup = try await f.manualBackup(database)
+            func attempt(name: String) async throws {
+                let target = ManagedDatabase(
+                    id: f.next("db"), accountID: account.id, name: name, tier: .free, engine: .sqlite, status: .restoring,
+                    backupWindow: database.backupWindow, location: "/tmp/x", createdAt: t0, nextBackupAt: t0)
+                try await f.catalog.enqueueRestore(
+                    Restore(id: f.next("restore"), accountID: account.id, backupID: backup.id, sourceDatabaseID: database.id,
+                            targetDatabaseID: target.id, status: .pending, createdAt: t0),
+                    target: target, jobID: f.next("job"), now: t0)
+            }
+            await #expect(throws: DomainError.backupNotRestorable(.pending)) { try await attempt(name: "copy") }
+            _ = try await f.completeNextJob()
+            await #expect(throws: DomainError.databaseNameTaken("shop")) { try await attempt(name: "shop") }
+            #expect(try await f.catalog.databases(accountID: account.id, includeDeleted: true).count == 1)
+            try await attempt(name: "copy")
+            #expect(try await f.catalog.databases(accountID: account.id, includeDeleted: true).count == 2)
+        }
+    }
+}
