@@ -1,0 +1,148 @@
+import AsyncHTTPClient
+import CloudheedDomain
+import CloudheedHTTP
+import Foundation
+import GRDB
+import NIOCore
+import NIOHTTP1
+import Subprocess
+import SystemPackage
+import Testing
+
+/// The real `cloudheed` binary, built by `swift build --build-tests` (or named by CLOUDHEED_BIN).
+func cloudheedBinary() throws -> String {
+    if let configured = ProcessInfo.processInfo.environment["CLOUDHEED_BIN"] { return configured }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let path = root.appendingPathComponent(".build/debug/cloudheed").path
+    guard FileManager.default.isExecutableFile(atPath: path) else {
+        throw CocoaError(.fileNoSuchFile, userInfo: [NSFilePathErrorKey: path + " (run swift build first)"])
+    }
+    return path
+}
+
+/// A port nothing listens on right now: bind port 0 on loopback and read what the kernel chose.
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw CocoaError(.fileWriteUnknown) }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A client of a live server on loopback.
+struct LiveAPI: Sendable {
+    let base: String
+
+    func call(_ method: HTTPMethod, _ path: String, token: String, body: String? = nil) async throws -> (Int, JSONValue?) {
+        var request = HTTPClientRequest(url: base + path)
+        request.method = method
+        request.headers.add(name: "Authorization", value: "Bearer \(token)")
+        if let body { request.body = .bytes(ByteBuffer(string: body)) }
+        let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+        let bytes = try await response.body.collect(upTo: 1 << 20)
+        return (Int(response.status.code), bytes.readableBytes == 0 ? nil : try JSONValue.parse(Array(bytes.readableBytesView)))
+    }
+
+    func waitUntilHealthy() async throws {
+        for _ in 0..<300 {
+            if let response = try? await HTTPClient.shared.execute(HTTPClientRequest(url: base + "/healthz"), timeout: .seconds(1)),
+               response.status == .ok { return }
+            try await Task.sleep(for: .milliseconds(50))
+        }
+        Issue.record("server at \(base) never became healthy")
+        throw CancellationError()
+    }
+
+    /// Polls until `done` holds for the response, or fails after `seconds`.
+    func poll(_ path: String, token: String, seconds: Double = 60, until done: (JSONValue) -> Bool) async throws -> JSONValue {
+        let deadline = ContinuousClock.now + .seconds(seconds)
+        while ContinuousClock.now < deadline {
+            let (_, json) = try await call(.GET, path, token: token)
+            if let json, done(json) { return json }
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let (_, json) = try await call(.GET, path, token: token)
+        Issue.record("timed out polling \(path): \(String(describing: json))")
+        return try #require(json)
+    }
+}
+
+@Suite("The real process, killed")
+struct ProcessCrashTests {
+    @Test("kill -9 during a backup: after a restart the backup completes and restores; nothing stays in progress")
+    func killDuringBackup() async throws {
+        let binary = try cloudheedBinary()
+        let directory = NSTemporaryDirectory() + "cloudheed-crash-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try freeLoopbackPort()
+        let api = LiveAPI(base: "http://127.0.0.1:\(port)")
+        let admin = "crash-test-admin-token"
+        let arguments: Arguments = ["serve", "--data-dir", directory, "--port", "\(port)", "--lease-seconds", "3", "--workers", "1", "--log-level", "error"]
+        let environment = Environment.inherit.updating(["CLOUDHEED_ADMIN_TOKEN": admin])
+
+        // Phase 1: a backup of a ~150 MB database is running when the process is killed.
+        let first = try await Subprocess.run(.path(FilePath(binary)), arguments: arguments, environment: environment, input: .none, output: .discarded, error: .discarded) { execution -> (token: String, database: String, backup: String, rows: Int) in
+            defer { try? execution.send(signal: .kill) }
+            try await api.waitUntilHealthy()
+            let (_, account) = try await api.call(.POST, "/v1/accounts", token: admin, body: #"{"name":"crash"}"#)
+            let token = try #require(account?["token"]?.stringValue)
+            let (_, database) = try await api.call(.POST, "/v1/databases", token: token, body: #"{"name":"big","tier":"small"}"#)
+            let id = try #require(database?["id"]?.stringValue)
+            let path = try filePath(ofURI: database?["connection"]?["uri"]?.stringValue)
+            let queue = try DatabaseQueue(path: path)
+            try await queue.write { db in
+                try db.execute(sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+                try db.execute(sql: "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 36000) INSERT INTO items SELECT i, randomblob(4000) FROM s")
+            }
+            try queue.close()
+            // Kill as soon as the backup runs; retry with a new backup if one slipped through first.
+            for _ in 0..<10 {
+                let (status, created) = try await api.call(.POST, "/v1/databases/\(id)/backups", token: token)
+                #expect(status == 202)
+                let backup = try #require(created?["id"]?.stringValue)
+                let seen = try await api.poll("/v1/databases/\(id)/backups/\(backup)", token: token) { $0["status"]?.stringValue != "pending" }
+                if seen["status"]?.stringValue == "in_progress" {
+                    try execution.send(signal: .kill)
+                    return (token, id, backup, 36000)
+                }
+            }
+            Issue.record("never caught a backup in progress")
+            throw CancellationError()
+        }
+        #expect(first.terminationStatus == TerminationStatus.signaled(SIGKILL))
+        let (token, database, backup, rows) = first.closureResult
+
+        // Phase 2: restart; once the dead worker's lease expires the backup is taken up again.
+        let second = try await Subprocess.run(.path(FilePath(binary)), arguments: arguments, environment: environment, input: .none, output: .discarded, error: .discarded) { execution in
+            defer { try? execution.send(signal: .terminate) }
+            try await api.waitUntilHealthy()
+            let done = try await api.poll("/v1/databases/\(database)/backups/\(backup)", token: token) {
+                ["completed", "failed"].contains($0["status"]?.stringValue)
+            }
+            #expect(done["status"]?.stringValue == "completed", "\(done)")
+            let (_, list) = try await api.call(.GET, "/v1/databases/\(database)/backups", token: token)
+            #expect(list?["backups"]?.arrayValue?.allSatisfy { $0["status"]?.stringValue == "completed" } == true)
+
+            let (status, restore) = try await api.call(.POST, "/v1/databases/\(database)/backups/\(backup)/restore", token: token, body: #"{"target_database_name":"after-crash"}"#)
+            #expect(status == 202)
+            let restoreID = try #require(restore?["restore"]?["id"]?.stringValue)
+            let restored = try await api.poll("/v1/restores/\(restoreID)", token: token) { $0["restore"]?["status"]?.stringValue != "pending" && $0["restore"]?["status"]?.stringValue != "in_progress" }
+            #expect(restored["database"]?["status"]?.stringValue == "available")
+            let path = try filePath(ofURI: restored["database"]?["connection"]?["uri"]?.stringValue)
+            let queue = try DatabaseQueue(path: path)
+            #expect(try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM items") } == rows)
+            try queue.close()
+            // What the killed attempt left half-written is gone.
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/repository/incoming").isEmpty)
+        }
+        // SIGTERM is a graceful shutdown.
+        #expect(second.terminationStatus == TerminationStatus.exited(0))
+    }
+}
