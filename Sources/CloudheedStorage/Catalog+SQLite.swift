@@ -250,6 +250,16 @@ public final class SQLiteCatalog: Catalog {
             case .creating, .restoring: throw DomainError(.conflict, code: "database_busy", message: "the database is \(database.status.rawValue); delete it once that has finished")
             case .available, .failed: break
             }
+            // Its automatic backups go with it; not while a restore is reading one of them.
+            if try Bool.fetchOne(
+                db,
+                sql: """
+                    SELECT 1 FROM restores r JOIN backups b ON b.id = r.backup_id
+                    WHERE b.database_id = ? AND b.type = 'automatic' AND r.status IN ('pending','in_progress')
+                    """,
+                arguments: [id]) != nil {
+                throw DomainError(.conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
+            }
             let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(Self.backup)
             try db.execute(sql: "DELETE FROM jobs WHERE kind = 'backup' AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])
             // Restores reading these backups keep their history; the backup rows go.

@@ -345,3 +345,27 @@ struct CatalogContractTests {
         }
     }
 }
+
+@Suite("Catalog contract: deletion while restoring")
+struct CatalogDeletionContractTests {
+    @Test("A database cannot be deleted while a restore reads one of its automatic backups", arguments: CatalogFactory.all)
+    func deleteWhileRestoring(_ factory: CatalogFactory) async throws {
+        let (catalog, cleanup) = try await factory.make()
+        defer { cleanup() }
+        var f = Fixture(catalog: catalog)
+        let account = try await f.account()
+        let database = try await f.database(account)
+        let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
+        _ = try await f.completeNextJob()
+        let target = ManagedDatabase(
+            id: "db-t", accountID: account.id, name: "t", tier: .free, engine: .sqlite, status: .restoring,
+            backupWindow: database.backupWindow, location: "/tmp/t", createdAt: t0, nextBackupAt: t0)
+        try await catalog.enqueueRestore(
+            Restore(id: "restore-1", accountID: account.id, backupID: automatic.id, sourceDatabaseID: database.id, targetDatabaseID: target.id, status: .pending, createdAt: t0),
+            target: target, jobID: "job-r", now: t0)
+        await #expect(throws: DomainError.self) { _ = try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0) }
+        #expect(try await catalog.backup(id: automatic.id) != nil)
+        _ = try await f.completeNextJob()
+        #expect(try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0).map(\.id) == [automatic.id])
+    }
+}
