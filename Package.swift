@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
+        // The system's libzstd (Debian: libzstd-dev, installed by scripts/install-deps).
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         // Domain: backups, databases, tiers, retention, windows, jobs. No HTTP, no SQL.
         .target(
             name: "CloudheedDomain",
@@ -34,6 +36,7 @@ let package = Package(
             name: "CloudheedStorage",
             dependencies: [
                 "CloudheedDomain",
+                "CZstd",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -83,6 +86,7 @@ let package = Package(
             dependencies: [
                 "CloudheedHTTP",
                 "CloudheedRuntime",
+                "CloudheedStorage",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),

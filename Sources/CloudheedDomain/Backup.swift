@@ -37,15 +37,25 @@ public struct ErrorInfo: Sendable, Equatable, Codable {
 
 /// Where and how a backup's bytes are stored, as the repository reported it.
 public struct StoredObject: Sendable, Equatable {
+    /// The repository's handle of the backup: its manifest.
     public var key: String
+    /// Logical size: what a restore produces.
     public var sizeBytes: Int64
-    /// Lowercase hex SHA-256 of the stored bytes; every read checks it.
+    /// Lowercase hex SHA-256 of the stored manifest; every read checks it.
     public var checksum: String
-    public init(key: String, sizeBytes: Int64, checksum: String) {
+    /// Compressed, encrypted bytes of the chunks the backup references.
+    public var storedBytes: Int64
+    public init(key: String, sizeBytes: Int64, checksum: String, storedBytes: Int64 = 0) {
         self.key = key
         self.sizeBytes = sizeBytes
         self.checksum = checksum
+        self.storedBytes = storedBytes
     }
+}
+
+/// What the last verification of a backup found.
+public enum BackupIntegrity: String, CaseIterable, Codable, Sendable {
+    case unverified, verified, corrupt
 }
 
 public struct Backup: Sendable, Equatable {
@@ -65,11 +75,14 @@ public struct Backup: Sendable, Equatable {
     public var scheduledDay: String?
     public var object: StoredObject?
     public var error: ErrorInfo?
+    public var integrity: BackupIntegrity
+    public var verifiedAt: Date?
 
     public init(
         id: String, accountID: String, databaseID: String, name: String, type: BackupType, status: BackupStatus,
         engine: EngineKind, createdAt: Date, startedAt: Date? = nil, completedAt: Date? = nil, expiresAt: Date?,
-        scheduledDay: String? = nil, object: StoredObject? = nil, error: ErrorInfo? = nil
+        scheduledDay: String? = nil, object: StoredObject? = nil, error: ErrorInfo? = nil,
+        integrity: BackupIntegrity = .unverified, verifiedAt: Date? = nil
     ) {
         self.id = id
         self.accountID = accountID
@@ -85,6 +98,8 @@ public struct Backup: Sendable, Equatable {
         self.scheduledDay = scheduledDay
         self.object = object
         self.error = error
+        self.integrity = integrity
+        self.verifiedAt = verifiedAt
     }
 
     /// Logical size of the snapshot, known once the backup completed.

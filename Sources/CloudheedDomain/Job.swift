@@ -3,6 +3,8 @@ import Foundation
 /// Work the service does in the background, durably recorded in the catalog.
 public enum JobKind: String, Sendable, Codable {
     case backup, restore
+    /// Re-reads every chunk of a completed backup; the subject is the backup.
+    case verify
 }
 
 /// A job a worker holds under a lease. `leaseToken` fences the worker: once the lease is lost
@@ -30,5 +32,6 @@ public struct ClaimedJob: Sendable, Equatable {
 public enum JobOutcome: Sendable, Equatable {
     case backupCompleted(StoredObject)
     case restoreCompleted
+    case verified(BackupIntegrity)
     case failed(ErrorInfo)
 }

@@ -12,11 +12,11 @@ public protocol DatabaseEngine: Sendable {
     /// Removes the database and everything the engine keeps for it.
     func drop(at location: String) async throws
     /// Takes a consistent snapshot of the live database while applications keep writing,
-    /// and streams it into the repository under `key`.
-    func backup(at location: String, into repository: any BackupRepository, key: String) async throws -> StoredObject
+    /// and stores it in the repository for `target`.
+    func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject
     /// Rebuilds a database at `location` from `object`, checks it, and only then puts it in
     /// place; on any failure nothing is left at `location`.
-    func restore(_ object: StoredObject, from repository: any BackupRepository, to location: String) async throws
+    func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws
     /// What applications connect with.
     func connectionURI(location: String) -> String
 }

@@ -43,11 +43,11 @@ public struct SQLiteEngine: DatabaseEngine {
         }
     }
 
-    public func backup(at location: String, into repository: any BackupRepository, key: String) async throws -> StoredObject {
+    public func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject {
         guard FileManager.default.fileExists(atPath: location) else {
             throw EngineError(code: "database_file_missing", message: "the database file is missing")
         }
-        let snapshot = scratchDirectory + "/" + key + ".snapshot"
+        let snapshot = scratchDirectory + "/" + target.backupID + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + ".snapshot"
         defer { Self.removeFiles(snapshot) }
         do {
             let source = try DatabaseQueue(path: location, configuration: Self.configuration())
@@ -60,10 +60,22 @@ public struct SQLiteEngine: DatabaseEngine {
         } catch let error as DatabaseError {
             throw EngineError(code: "snapshot_failed", message: "SQLite could not snapshot the database: \(error.message ?? "\(error.resultCode)")")
         }
-        return try await repository.write(key: key, chunks: FileChunks(path: snapshot))
+        return try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
     }
 
-    public func restore(_ object: StoredObject, from repository: any BackupRepository, to location: String) async throws {
+    /// The page size recorded in an SQLite file's header (big-endian at offset 16; 1 means 65536).
+    static func pageSize(ofFile path: String) throws -> Int {
+        guard let handle = FileHandle(forReadingAtPath: path), let header = try handle.read(upToCount: 100), header.count == 100 else {
+            throw EngineError(code: "snapshot_failed", message: "the snapshot has no SQLite header")
+        }
+        try? handle.close()
+        let raw = Int(header[16]) << 8 | Int(header[17])
+        let size = raw == 1 ? 65536 : raw
+        guard size >= 512, size.nonzeroBitCount == 1 else { throw EngineError(code: "snapshot_failed", message: "the snapshot's page size \(raw) is invalid") }
+        return size
+    }
+
+    public func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws {
         let fm = FileManager.default
         // The target belongs to this restore's new database alone; what is there was left by an
         // earlier attempt of the same restore that died before recording its outcome.
@@ -71,17 +83,7 @@ public struct SQLiteEngine: DatabaseEngine {
         let partial = location + ".restoring"
         Self.removeFiles(partial)
         do {
-            guard fm.createFile(atPath: partial, contents: nil), let handle = FileHandle(forWritingAtPath: partial) else {
-                throw EngineError(code: "restore_write_failed", message: "cannot create the restored database file")
-            }
-            do {
-                defer { try? handle.close() }
-                for try await chunk in repository.read(object) {
-                    try Task.checkCancellation()
-                    try handle.write(contentsOf: chunk)
-                }
-                try handle.synchronize()
-            }
+            try await repository.restorePages(object, accountID: accountID, toFile: partial)
             try await Self.check(partial)
             // A snapshot is written in rollback-journal mode; give applications WAL back, as on a new database.
             try await Self.enableWAL(partial)

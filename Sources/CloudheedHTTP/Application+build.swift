@@ -14,13 +14,46 @@ public struct ServeConfiguration: Sendable {
     public var settings: RuntimeSettings
     /// `CLOUDHEED_ADMIN_TOKEN`; when nil the token in `<data-dir>/admin-token` is used, generated on first start.
     public var adminToken: String?
+    public var masterKey: MasterKeySource
+    public var compression: CompressionSetting
 
-    public init(dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil) {
+    public init(
+        dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
+        masterKey: MasterKeySource = .dataDirectory, compression: CompressionSetting = .default
+    ) {
         self.dataDirectory = dataDirectory
         self.host = host
         self.port = port
         self.settings = settings
         self.adminToken = adminToken
+        self.masterKey = masterKey
+        self.compression = compression
+    }
+}
+
+/// Where the master key comes from: `--master-key-file`, `CLOUDHEED_MASTER_KEY`, or
+/// `<data-dir>/master-key`, generated on first start.
+public enum MasterKeySource: Sendable {
+    case file(String)
+    case hex(String)
+    case dataDirectory
+
+    /// The key, and the path of a key file it just generated (which the operator must back up).
+    public func load(dataDirectory: String) throws -> (MasterKey, generated: String?) {
+        switch self {
+        case .hex(let hex):
+            return (try MasterKey(hex: hex), nil)
+        case .file(let path):
+            guard let data = FileManager.default.contents(atPath: path) else { throw KeyError("cannot read the master key file \(path)") }
+            return (try data.count == 32 ? MasterKey(bytes: [UInt8](data)) : MasterKey(hex: String(decoding: data, as: UTF8.self)), nil)
+        case .dataDirectory:
+            let path = dataDirectory + "/master-key"
+            if FileManager.default.fileExists(atPath: path) { return (try MasterKeySource.file(path).load(dataDirectory: dataDirectory).0, nil) }
+            try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
+            let (key, hex) = MasterKey.generate()
+            try writeSecret(hex + "\n", to: path)
+            return (key, path)
+        }
     }
 }
 
@@ -29,12 +62,14 @@ public struct Components: Sendable {
     public let service: BackupService
     public let runner: JobRunner
     public let scheduler: Scheduler
-    public let janitor: RepositoryJanitor
+    public let collector: GarbageCollector
     public let admin: AdminToken
+    public let catalog: SQLiteCatalog
 
     /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it.
     public static func make(
-        dataDirectory: String, settings: RuntimeSettings, adminToken: String, clock: any WallClock = SystemWallClock(),
+        dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
+        compression: CompressionSetting = .default, garbageGrace: TimeInterval = 3600, clock: any WallClock = SystemWallClock(),
         ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
         let root = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
@@ -42,8 +77,10 @@ public struct Components: Sendable {
         let scratch = root + "/tmp"
         // Scratch files belong to jobs of an earlier run; their jobs restart from scratch.
         try? FileManager.default.removeItem(atPath: scratch)
-        let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3")
-        let repository = try FileSystemRepository(root: root + "/repository")
+        let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
+        let repository = DedupRepository(
+            index: catalog, blobs: try FileBlobStore(root: root + "/repository"), keyRing: KeyRing(master: masterKey, store: catalog),
+            clock: clock, ids: ids, compression: compression, grace: garbageGrace)
         let engines = EngineRegistry([try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)])
         let service = BackupService(
             catalog: catalog, repository: repository, engines: engines, clock: clock, ids: ids, signal: WorkSignal(), settings: settings)
@@ -51,8 +88,9 @@ public struct Components: Sendable {
             service: service,
             runner: JobRunner(service: service, logger: logger),
             scheduler: Scheduler(service: service, logger: logger),
-            janitor: RepositoryJanitor(service: service, logger: logger),
-            admin: AdminToken(adminToken))
+            collector: GarbageCollector(service: service, logger: logger),
+            admin: AdminToken(adminToken),
+            catalog: catalog)
     }
 
     public func buildRouter() -> Router<AppRequestContext> {
@@ -81,15 +119,20 @@ public func loadOrCreateAdminToken(dataDirectory: String, ids: any IDGenerator =
         if !token.isEmpty { return (token, false) }
     }
     let token = "chdadmin_" + ids.randomString(count: 40)
+    try writeSecret(token + "\n", to: path)
+    return (token, true)
+}
+
+/// Writes a secret file readable by its owner only (mode 0600), synced to disk.
+func writeSecret(_ text: String, to path: String) throws {
     let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
     guard fd >= 0 else { throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path]) }
     defer { close(fd) }
     _ = fchmod(fd, 0o600)
-    let bytes = Array((token + "\n").utf8)
+    let bytes = Array(text.utf8)
     guard write(fd, bytes, bytes.count) == bytes.count, fsync(fd) == 0 else {
         throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
     }
-    return (token, true)
 }
 
 /// Builds the whole service: HTTP API, job workers and scheduler, run as one ServiceGroup that
@@ -109,13 +152,20 @@ public func buildApplication(
         }
         adminToken = token
     }
+    let (masterKey, generatedKey) = try configuration.masterKey.load(dataDirectory: configuration.dataDirectory)
+    if let generatedKey {
+        // Without this key no backup can ever be read again.
+        let warning = "WARNING: generated a new master key at \(generatedKey). Back it up somewhere safe: every backup is encrypted under it, and without it none can be restored."
+        announce(warning)
+        logger.warning("generated a new master key; back it up", metadata: ["path": "\(generatedKey)"])
+    }
     let components = try Components.make(
-        dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken,
-        clock: clock, ids: ids, logger: logger)
+        dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
+        compression: configuration.compression, clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(
-        scheduler: components.scheduler, janitor: components.janitor, interval: configuration.settings.schedulerInterval, logger: logger)
+        scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval, logger: logger)
     return Application(
         router: components.buildRouter(),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloudheed"),

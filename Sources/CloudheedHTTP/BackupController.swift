@@ -12,6 +12,7 @@ struct BackupController {
         group.get("databases/:id/backups/:backupID", use: show)
         group.delete("databases/:id/backups/:backupID", use: delete)
         group.post("databases/:id/backups/:backupID/restore", use: restore)
+        group.post("databases/:id/backups/:backupID/verify", use: verify)
         group.get("restores/:id", use: showRestore)
     }
 
@@ -22,7 +23,22 @@ struct BackupController {
         let status = try query.get("status").map { raw throws(DomainError) in try BackupStatus.parse(String(raw)) }
         let backups = try await service.backups(
             accountID: account.id, databaseID: try context.parameters.require("id"), type: type, status: status)
-        return json(.object([("backups", .array(backups.map(Representation.backup)))]))
+        var items: [JSONValue] = []
+        for backup in backups { items.append(try await representation(backup)) }
+        return json(.object([("backups", .array(items))]))
+    }
+
+    func representation(_ backup: Backup) async throws -> JSONValue {
+        Representation.backup(backup, uniqueBytes: try await service.uniqueBytes(of: backup))
+    }
+
+    @Sendable func verify(_ request: Request, context: AppRequestContext) async throws -> Response {
+        let account = try context.requireAccount()
+        _ = try await request.fields(allowed: [], optional: true)
+        let backup = try await service.verifyBackup(
+            accountID: account.id, databaseID: try context.parameters.require("id"), backupID: try context.parameters.require("backupID"))
+        context.logger.info("verification requested", metadata: ["backup.id": "\(backup.id)"])
+        return json(try await representation(backup), status: .accepted)
     }
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
@@ -38,7 +54,7 @@ struct BackupController {
         let account = try context.requireAccount()
         let backup = try await service.backup(
             accountID: account.id, databaseID: try context.parameters.require("id"), backupID: try context.parameters.require("backupID"))
-        return json(Representation.backup(backup))
+        return json(try await representation(backup))
     }
 
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -29,7 +29,8 @@ enum Representation {
         ])
     }
 
-    static func backup(_ b: Backup) -> JSONValue {
+    /// `unique_bytes` is computed per request (it changes as other backups come and go).
+    static func backup(_ b: Backup, uniqueBytes: Int64? = nil) -> JSONValue {
         .object([
             ("id", .string(b.id)),
             ("database_id", .string(b.databaseID)),
@@ -37,10 +38,14 @@ enum Representation {
             ("type", .string(b.type.rawValue)),
             ("status", .string(b.status.rawValue)),
             ("size_bytes", .optional(b.sizeBytes)),
+            ("stored_bytes", .optional(b.status == .completed ? b.object?.storedBytes : nil)),
+            ("unique_bytes", .optional(b.status == .completed ? uniqueBytes : nil)),
             ("created_at", .date(b.createdAt)),
             ("started_at", .optional(b.startedAt)),
             ("completed_at", .optional(b.completedAt)),
             ("expires_at", .optional(b.expiresAt)),
+            ("integrity", .string(b.integrity.rawValue)),
+            ("verified_at", .optional(b.verifiedAt)),
             ("error", error(b.error)),
         ])
     }

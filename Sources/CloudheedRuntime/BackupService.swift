@@ -107,11 +107,9 @@ public struct BackupService: Sendable {
 
     public func deleteDatabase(accountID: String, id: String, logger: Logger) async throws {
         let database = try await self.database(accountID: accountID, id: id)
-        let removed = try await catalog.markDatabaseDeleted(id: id, accountID: accountID, at: clock.now())
+        // Its automatic backups' data is released in the same transaction; GC removes it.
+        _ = try await catalog.markDatabaseDeleted(id: id, accountID: accountID, at: clock.now())
         try? await engines.engine(database.engine).drop(at: database.location)
-        for backup in removed {
-            await deleteStoredData(of: backup, logger: logger)
-        }
     }
 
     public func connectionURI(for database: ManagedDatabase) -> String? {
@@ -148,19 +146,24 @@ public struct BackupService: Sendable {
 
     public func deleteBackup(accountID: String, databaseID: String, backupID: String, logger: Logger) async throws {
         _ = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
-        let deleted = try await catalog.deleteManualBackup(id: backupID, databaseID: databaseID, accountID: accountID)
-        await deleteStoredData(of: deleted, logger: logger)
+        // Releasing its data is part of the same transaction; GC removes what nothing else uses.
+        _ = try await catalog.deleteManualBackup(id: backupID, databaseID: databaseID, accountID: accountID, at: clock.now())
     }
 
-    /// Removes a deleted backup's object. The catalog row is already gone, so a failure here
-    /// only leaves an unreferenced object, which the janitor sweeps later.
-    func deleteStoredData(of backup: Backup, logger: Logger) async {
-        guard let key = backup.object?.key else { return }
-        do {
-            try await repository.delete(key: key)
-        } catch {
-            logger.warning("could not delete stored backup data; the janitor will retry", metadata: ["backup.id": "\(backup.id)", "error": "\(error)"])
+    /// Enqueues a verification of a completed backup (idempotent while one is pending).
+    public func verifyBackup(accountID: String, databaseID: String, backupID: String) async throws -> Backup {
+        let backup = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
+        guard backup.status == .completed else {
+            throw DomainError(.conflict, code: "backup_not_verifiable", message: "only a completed backup can be verified; this one is \(backup.status.rawValue)")
         }
+        if try await catalog.enqueueVerification(backupID: backupID, jobID: ids.make(.job), now: clock.now()) { signal.notify() }
+        return backup
+    }
+
+    /// What deleting the backup would free now (0 unless completed).
+    public func uniqueBytes(of backup: Backup) async throws -> Int64? {
+        guard backup.status == .completed, let object = backup.object else { return nil }
+        return try await repository.uniqueBytes(object)
     }
 
     // MARK: Restores

@@ -66,9 +66,8 @@ public struct JobRunner: Sendable {
             case (.applied, _):
                 logger.info("job completed", metadata: ["duration": "\(elapsed)"])
             case (.leaseLost, _), (.subjectGone, _):
+                // What this attempt stored is referenced by nobody; garbage collection removes it.
                 logger.notice("job outcome discarded", metadata: ["reason": "\(finish)"])
-                // Our object is referenced by nobody; remove it now rather than waiting for the janitor.
-                if case .backupCompleted(let object) = outcome { try? await service.repository.delete(key: object.key) }
             }
         case .leaseLost:
             logger.warning("lease lost; another worker owns the job now")
@@ -100,6 +99,7 @@ public struct JobRunner: Sendable {
             switch job.kind {
             case .backup: return try await executeBackup(job)
             case .restore: return try await executeRestore(job, logger: logger)
+            case .verify: return try await executeVerify(job, logger: logger)
             }
         } catch let error as DomainError {
             return .failed(error.info)
@@ -126,11 +126,25 @@ public struct JobRunner: Sendable {
         default: throw DomainError.databaseNotAvailable(database.status)
         }
         let engine = try service.engines.engine(database.engine)
-        // A fresh key per attempt: a stale worker still writing can never overwrite the object
-        // the catalog records for the attempt that won.
-        let key = "\(backup.id)-\(job.leaseToken)"
-        let object = try await engine.backup(at: database.location, into: service.repository, key: key)
+        // Each attempt writes its own manifest; the catalog records only the winning attempt's,
+        // so a stale worker still writing can never replace a finished backup.
+        let parent = try await catalog.latestCompletedBackup(databaseID: database.id)?.object
+        let object = try await engine.backup(
+            at: database.location, into: service.repository,
+            target: BackupTarget(accountID: backup.accountID, backupID: backup.id, parent: parent))
         return .backupCompleted(object)
+    }
+
+    func executeVerify(_ job: ClaimedJob, logger: Logger) async throws -> JobOutcome {
+        guard let backup = try await catalog.backup(id: job.subjectID), let object = backup.object else {
+            return .failed(ErrorInfo(code: "backup_not_found", message: "the backup no longer exists"))
+        }
+        let report = try await service.repository.verify(object, accountID: backup.accountID)
+        for problem in report.problems.prefix(20) {
+            logger.error("backup verification found a problem", metadata: ["problem": "\(problem)"])
+        }
+        logger.info("backup verified", metadata: ["chunks": "\(report.chunksChecked)", "packs": "\(report.packsChecked)", "problems": "\(report.problems.count)"])
+        return .verified(report.isSound ? .verified : .corrupt)
     }
 
     func executeRestore(_ job: ClaimedJob, logger: Logger) async throws -> JobOutcome {
@@ -143,7 +157,7 @@ public struct JobRunner: Sendable {
             guard let backup = try await catalog.backup(id: restore.backupID), let object = backup.object, backup.status == .completed else {
                 throw DomainError(.conflict, code: "backup_not_found", message: "the backup being restored no longer exists")
             }
-            try await engine.restore(object, from: service.repository, to: target.location)
+            try await engine.restore(object, from: service.repository, accountID: restore.accountID, to: target.location)
             return .restoreCompleted
         } catch {
             // Nothing half-restored stays behind.

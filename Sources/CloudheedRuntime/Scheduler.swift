@@ -57,14 +57,13 @@ public struct Scheduler: Sendable {
         return inserted
     }
 
-    /// Deletes automatic backups past `expires_at`, with their stored data.
+    /// Deletes automatic backups past `expires_at`; their data is released with them and GC removes it.
     func expire(now: Date) async throws -> Int {
         var count = 0
         while true {
             let expired = try await service.catalog.expiredBackups(now: now, limit: batchSize)
             for candidate in expired {
                 if let deleted = try await service.catalog.deleteExpiredBackup(id: candidate.id, now: now) {
-                    await service.deleteStoredData(of: deleted, logger: logger)
                     logger.info("automatic backup expired", metadata: ["backup.id": "\(deleted.id)", "database.id": "\(deleted.databaseID)"])
                     count += 1
                 }
@@ -75,10 +74,8 @@ public struct Scheduler: Sendable {
     }
 }
 
-/// Sweeps repository objects no backup refers to: what a crash left between writing an object
-/// and recording it, or between deleting a backup's row and its data. Objects of backups still
-/// running are kept, and so is anything younger than the grace period.
-public struct RepositoryJanitor: Sendable {
+/// Runs the repository's garbage collection with the injected clock.
+public struct GarbageCollector: Sendable {
     let service: BackupService
     let logger: Logger
 
@@ -88,36 +85,28 @@ public struct RepositoryJanitor: Sendable {
     }
 
     @discardableResult
-    public func sweep() async throws -> Int {
-        let cutoff = service.clock.now().addingTimeInterval(-service.settings.orphanGracePeriod.seconds)
-        var removed = 0
-        for entry in try await service.repository.list() where entry.modifiedAt < cutoff {
-            // Keys are "<backup id>-<attempt>"; backup ids are "backup-<random>".
-            let parts = entry.key.split(separator: "-")
-            guard parts.count >= 2 else { continue }
-            let backupID = "\(parts[0])-\(parts[1])"
-            let backup = try await service.catalog.backup(id: backupID)
-            let referenced = backup.map { !$0.status.isFinished || $0.object?.key == entry.key } ?? false
-            if !referenced {
-                try await service.repository.delete(key: entry.key)
-                removed += 1
-                logger.info("removed unreferenced repository object", metadata: ["object.key": "\(entry.key)"])
-            }
+    public func run() async throws -> GarbageReport {
+        let report = try await service.repository.collectGarbage(now: service.clock.now())
+        if report != GarbageReport() {
+            logger.info("garbage collected", metadata: [
+                "gc.layers": "\(report.layersDropped)", "gc.chunks": "\(report.chunksDeleted)", "gc.packs": "\(report.packsRetired)",
+                "gc.objects": "\(report.objectsDeleted)", "gc.orphans": "\(report.orphansDeleted)",
+            ])
         }
-        return removed
+        return report
     }
 }
 
-/// Runs scheduler ticks, and the janitor every hour, until shutdown.
+/// Runs scheduler ticks, and garbage collection every ten minutes, until shutdown.
 public struct SchedulerService: Service {
     let scheduler: Scheduler
-    let janitor: RepositoryJanitor
+    let collector: GarbageCollector
     let interval: Duration
     let logger: Logger
 
-    public init(scheduler: Scheduler, janitor: RepositoryJanitor, interval: Duration, logger: Logger) {
+    public init(scheduler: Scheduler, collector: GarbageCollector, interval: Duration, logger: Logger) {
         self.scheduler = scheduler
-        self.janitor = janitor
+        self.collector = collector
         self.interval = interval
         self.logger = logger
     }
@@ -127,8 +116,8 @@ public struct SchedulerService: Service {
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             do {
                 try await scheduler.tick()
-                if lastSweep.map({ ContinuousClock.now - $0 > .seconds(3600) }) ?? true {
-                    try await janitor.sweep()
+                if lastSweep.map({ ContinuousClock.now - $0 > .seconds(600) }) ?? true {
+                    try await collector.run()
                     lastSweep = .now
                 }
             } catch {

@@ -1,18 +1,62 @@
 import CloudheedDomain
 import Foundation
 
-/// Where backup bytes live. Objects are written once under a fresh key and appear only when
-/// complete; every read verifies the size and checksum recorded at write time.
+/// What a backup is stored for.
+public struct BackupTarget: Sendable {
+    public var accountID: String
+    public var backupID: String
+    /// The latest completed backup of the same database: the new manifest is layered on it and
+    /// only pages that differ from it are looked up, hashed against the index, and stored.
+    public var parent: StoredObject?
+
+    public init(accountID: String, backupID: String, parent: StoredObject?) {
+        self.accountID = accountID
+        self.backupID = backupID
+        self.parent = parent
+    }
+}
+
+/// What verifying a backup found.
+public struct VerificationReport: Sendable, Equatable {
+    public var chunksChecked: Int
+    public var packsChecked: Int
+    /// Human-readable problems naming the object, pack or chunk; empty when the backup is sound.
+    public var problems: [String]
+    public var isSound: Bool { problems.isEmpty }
+    public init(chunksChecked: Int, packsChecked: Int, problems: [String]) {
+        self.chunksChecked = chunksChecked
+        self.packsChecked = packsChecked
+        self.problems = problems
+    }
+}
+
+public struct GarbageReport: Sendable, Equatable {
+    public var layersDropped = 0
+    public var chunksDeleted = 0
+    public var packsRetired = 0
+    public var objectsDeleted = 0
+    public var orphansDeleted = 0
+    public init() {}
+}
+
+/// Where backup data lives: deduplicated, compressed and encrypted chunks, with a manifest per
+/// backup. Every read authenticates what it reads and checks each chunk against its id.
 public protocol BackupRepository: Sendable {
-    /// Streams `chunks` into a new object under `key`.
-    func write<Chunks: AsyncSequence & Sendable>(key: String, chunks: Chunks) async throws -> StoredObject
-        where Chunks.Element == [UInt8]
-    /// Streams the object's bytes. The sequence throws `RepositoryError` if the object is missing,
-    /// or, after its last byte, if its size or checksum differ from `object`'s.
-    func read(_ object: StoredObject) -> RepositoryObjectReader
-    func delete(key: String) async throws
-    /// Every object, for sweeping away what a crash left unreferenced.
-    func list() async throws -> [RepositoryEntry]
+    /// Stores a page-structured snapshot file (SQLite), deduplicated page by page.
+    func storePages(ofFile path: String, pageSize: Int, target: BackupTarget) async throws -> StoredObject
+    /// Stores a byte stream without page structure (dumps), with content-defined chunks.
+    func storeStream<Bytes: AsyncSequence & Sendable>(_ bytes: Bytes, target: BackupTarget) async throws -> StoredObject
+        where Bytes.Element == [UInt8]
+    /// Writes a page backup into a new file at `path`.
+    func restorePages(_ object: StoredObject, accountID: String, toFile path: String) async throws
+    /// Streams a backup's bytes in order.
+    func readStream(_ object: StoredObject, accountID: String) -> AsyncThrowingStream<[UInt8], any Error>
+    /// Re-reads everything the backup needs: manifests, packs, every chunk.
+    func verify(_ object: StoredObject, accountID: String) async throws -> VerificationReport
+    /// What deleting the backup would free now.
+    func uniqueBytes(_ object: StoredObject) async throws -> Int64
+    /// Removes what no backup refers to any more; safe to interrupt and to run concurrently.
+    func collectGarbage(now: Date) async throws -> GarbageReport
 }
 
 public struct RepositoryEntry: Sendable, Equatable {
@@ -25,7 +69,7 @@ public struct RepositoryEntry: Sendable, Equatable {
 }
 
 public struct RepositoryError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable { case missing, corrupt, invalidKey, io }
+    public enum Kind: Sendable, Equatable { case missing, corrupt, invalidKey, io, chunksCollected, keys }
     public let kind: Kind
     public let message: String
     public init(_ kind: Kind, _ message: String) {
@@ -38,24 +82,8 @@ public struct RepositoryError: Error, Sendable, Equatable, CustomStringConvertib
         switch kind {
         case .missing: ErrorInfo(code: "backup_data_missing", message: message)
         case .corrupt: ErrorInfo(code: "backup_data_corrupt", message: message)
-        case .invalidKey, .io: ErrorInfo(code: "storage_error", message: message)
+        case .invalidKey, .io, .chunksCollected: ErrorInfo(code: "storage_error", message: message)
+        case .keys: ErrorInfo(code: "encryption_key_error", message: message)
         }
     }
-}
-
-/// Reads an object as a sequence of chunks of bounded size.
-public struct RepositoryObjectReader: AsyncSequence, Sendable {
-    public typealias Element = [UInt8]
-    let makeNext: @Sendable () -> (@Sendable () async throws -> [UInt8]?)
-
-    public init(_ makeNext: @escaping @Sendable () -> (@Sendable () async throws -> [UInt8]?)) {
-        self.makeNext = makeNext
-    }
-
-    public struct AsyncIterator: AsyncIteratorProtocol {
-        let next: @Sendable () async throws -> [UInt8]?
-        public mutating func next() async throws -> [UInt8]? { try await next() }
-    }
-
-    public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(next: makeNext()) }
 }

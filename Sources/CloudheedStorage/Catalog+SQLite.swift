@@ -6,9 +6,13 @@ import GRDB
 /// Timestamps are stored as integer milliseconds since 1970 so comparisons are plain integer ones.
 public final class SQLiteCatalog: Catalog {
     let pool: DatabasePool
+    /// How long an object no backup refers to any more is kept before deletion, so readers
+    /// that already looked it up can finish.
+    let garbageGrace: TimeInterval
 
     /// Opens (creating if needed) the catalog at `path` and runs its migrations.
-    public init(path: String) throws {
+    public init(path: String, garbageGrace: TimeInterval = 3600) throws {
+        self.garbageGrace = garbageGrace
         var configuration = Configuration()
         configuration.foreignKeysEnabled = true
         configuration.busyMode = .timeout(10)
@@ -108,6 +112,7 @@ public final class SQLiteCatalog: Catalog {
                 CREATE INDEX jobs_leases ON jobs(lease_expires_at) WHERE status = 'running';
                 """)
         }
+        registerRepositoryMigration(&migrator)
         return migrator
     }
 
@@ -159,7 +164,7 @@ public final class SQLiteCatalog: Catalog {
 
     static func usage(_ accountID: String, _ db: GRDB.Database) throws -> Int64 {
         try Int64.fetchOne(
-            db, sql: "SELECT COALESCE(SUM(size_bytes), 0) FROM backups WHERE account_id = ? AND type = 'manual' AND status = 'completed'",
+            db, sql: "SELECT COALESCE(SUM(COALESCE(stored_bytes, size_bytes)), 0) FROM backups WHERE account_id = ? AND type = 'manual' AND status = 'completed'",
             arguments: [accountID]) ?? 0
     }
 
@@ -261,9 +266,10 @@ public final class SQLiteCatalog: Catalog {
                 throw DomainError(.conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
             }
             let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(Self.backup)
-            try db.execute(sql: "DELETE FROM jobs WHERE kind = 'backup' AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])
+            try db.execute(sql: "DELETE FROM jobs WHERE kind IN ('backup','verify') AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])
             // Restores reading these backups keep their history; the backup rows go.
             try db.execute(sql: "DELETE FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id])
+            for backup in automatic { try Self.releaseLayer(backup.object?.key, now: at, grace: garbageGrace, db) }
             try db.execute(sql: "UPDATE databases SET status = 'deleted', deleted_at = ? WHERE id = ?", arguments: [ms(at), id])
             return automatic
         }
@@ -356,7 +362,7 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    public func deleteManualBackup(id: String, databaseID: String, accountID: String) async throws -> Backup {
+    public func deleteManualBackup(id: String, databaseID: String, accountID: String, at: Date) async throws -> Backup {
         try await pool.write { db in
             guard let row = try Row.fetchOne(
                 db, sql: "SELECT * FROM backups WHERE id = ? AND database_id = ? AND account_id = ?",
@@ -368,6 +374,7 @@ public final class SQLiteCatalog: Catalog {
                 throw DomainError(.conflict, code: "backup_in_use", message: "a restore from this backup is running; delete it once the restore has finished")
             }
             try db.execute(sql: "DELETE FROM backups WHERE id = ?", arguments: [id])
+            try Self.releaseLayer(backup.object?.key, now: at, grace: garbageGrace, db)
             return backup
         }
     }
@@ -401,7 +408,36 @@ public final class SQLiteCatalog: Catalog {
                 return nil
             }
             try db.execute(sql: "DELETE FROM backups WHERE id = ?", arguments: [id])
-            return Self.backup(row)
+            let backup = Self.backup(row)
+            try Self.releaseLayer(backup.object?.key, now: now, grace: garbageGrace, db)
+            return backup
+        }
+    }
+
+    public func latestCompletedBackup(databaseID: String) async throws -> Backup? {
+        try await pool.read { db in
+            try Row.fetchOne(
+                db, sql: "SELECT * FROM backups WHERE database_id = ? AND status = 'completed' ORDER BY completed_at DESC, seq DESC LIMIT 1",
+                arguments: [databaseID]
+            ).map(Self.backup)
+        }
+    }
+
+    public func enqueueVerification(backupID: String, jobID: String, now: Date) async throws -> Bool {
+        try await pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM jobs WHERE kind = 'verify' AND subject_id = ?", arguments: [backupID]) == nil else {
+                return false
+            }
+            try Self.insertJob(id: jobID, kind: .verify, subject: backupID, now: now, db)
+            return true
+        }
+    }
+
+    public func recordVerification(backupID: String, integrity: BackupIntegrity, at: Date) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "UPDATE backups SET integrity = ?, verified_at = ? WHERE id = ?",
+                arguments: [integrity.rawValue, ms(at), backupID])
         }
     }
 
@@ -476,6 +512,8 @@ public final class SQLiteCatalog: Catalog {
                     arguments: [nowMs, subject])
             case .restore:
                 try db.execute(sql: "UPDATE restores SET status = 'in_progress' WHERE id = ?", arguments: [subject])
+            case .verify:
+                break
             }
             return ClaimedJob(id: id, kind: kind, subjectID: subject, attempt: attempts, leaseToken: leaseToken, leaseExpiresAt: until)
         }
@@ -507,13 +545,19 @@ public final class SQLiteCatalog: Catalog {
         let atMs = ms(at)
         switch (kind, outcome) {
         case (.backup, .backupCompleted(let object)):
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM backups WHERE id = ?", arguments: [subject]) != nil else { return false }
+            // The backup now holds its manifest; without one there is nothing to complete.
+            try db.execute(sql: "UPDATE layers SET refs = refs + 1 WHERE id = ?", arguments: [object.key])
+            guard db.changesCount == 1 else {
+                return try apply(.failed(ErrorInfo(code: "backup_data_missing", message: "the backup's manifest was removed before it completed")), kind: kind, subject: subject, at: at, db)
+            }
             try db.execute(
                 sql: """
-                    UPDATE backups SET status = 'completed', completed_at = ?, object_key = ?, size_bytes = ?, checksum = ?,
+                    UPDATE backups SET status = 'completed', completed_at = ?, object_key = ?, size_bytes = ?, checksum = ?, stored_bytes = ?,
                         error_code = NULL, error_message = NULL WHERE id = ?
                     """,
-                arguments: [atMs, object.key, object.sizeBytes, object.checksum, subject])
-            return db.changesCount == 1
+                arguments: [atMs, object.key, object.sizeBytes, object.checksum, object.storedBytes, subject])
+            return true
         case (.backup, .failed(let error)):
             try db.execute(
                 sql: "UPDATE backups SET status = 'failed', completed_at = ?, error_code = ?, error_message = ? WHERE id = ?",
@@ -535,7 +579,14 @@ public final class SQLiteCatalog: Catalog {
                 sql: "UPDATE databases SET status = 'failed', error_code = ?, error_message = ? WHERE id = (SELECT target_database_id FROM restores WHERE id = ?)",
                 arguments: [error.code, error.message, subject])
             return true
-        case (.backup, .restoreCompleted), (.restore, .backupCompleted):
+        case (.verify, .verified(let integrity)):
+            try db.execute(sql: "UPDATE backups SET integrity = ?, verified_at = ? WHERE id = ?", arguments: [integrity.rawValue, atMs, subject])
+            return db.changesCount == 1
+        case (.verify, .failed):
+            // Verification could not run; what was known of the backup stays as it was.
+            return try Bool.fetchOne(db, sql: "SELECT 1 FROM backups WHERE id = ?", arguments: [subject]) != nil
+        case (.backup, .restoreCompleted), (.backup, .verified), (.restore, .backupCompleted), (.restore, .verified),
+             (.verify, .backupCompleted), (.verify, .restoreCompleted):
             preconditionFailure("outcome \(outcome) does not fit a \(kind) job")
         }
     }
@@ -579,7 +630,7 @@ public final class SQLiteCatalog: Catalog {
     static func backup(_ row: Row) -> Backup {
         var object: StoredObject?
         if let key: String = row["object_key"], let size: Int64 = row["size_bytes"], let checksum: String = row["checksum"] {
-            object = StoredObject(key: key, sizeBytes: size, checksum: checksum)
+            object = StoredObject(key: key, sizeBytes: size, checksum: checksum, storedBytes: row["stored_bytes"] ?? 0)
         }
         return Backup(
             id: row["id"], accountID: row["account_id"], databaseID: row["database_id"], name: row["name"],
@@ -587,7 +638,8 @@ public final class SQLiteCatalog: Catalog {
             engine: EngineKind(rawValue: row["engine"]) ?? .sqlite, createdAt: date(row["created_at"]),
             startedAt: (row["started_at"] as Int64?).map(date), completedAt: (row["completed_at"] as Int64?).map(date),
             expiresAt: (row["expires_at"] as Int64?).map(date), scheduledDay: row["scheduled_day"], object: object,
-            error: errorInfo(row))
+            error: errorInfo(row), integrity: BackupIntegrity(rawValue: row["integrity"]) ?? .unverified,
+            verifiedAt: (row["verified_at"] as Int64?).map(date))
     }
 
     static func restore(_ row: Row) -> Restore {

@@ -45,6 +45,9 @@ public struct DatabaseChanges: Sendable {
 /// domain (names, windows, retention) arrive as values; the catalog enforces the invariants
 /// that need atomicity (unique live names, one automatic backup per day, the quota check).
 ///
+/// Deleting a backup releases its manifest's references in the same transaction, so stored data
+/// becomes garbage exactly when the last backup using it goes.
+///
 /// Methods taking an `accountID` return nil / throw not-found for rows of other accounts,
 /// exactly as for rows that do not exist.
 public protocol Catalog: Sendable {
@@ -54,7 +57,7 @@ public protocol Catalog: Sendable {
     func addToken(_ token: StoredToken) async throws
     func token(id: String) async throws -> StoredToken?
     func account(id: String) async throws -> Account?
-    /// Sum of the sizes of the account's completed manual backups.
+    /// Sum of `stored_bytes` (compressed, encrypted size) of the account's completed manual backups.
     func storageUsedBytes(accountID: String) async throws -> Int64
 
     // MARK: Databases
@@ -81,13 +84,21 @@ public protocol Catalog: Sendable {
     func backup(id: String, databaseID: String, accountID: String) async throws -> Backup?
     func backup(id: String) async throws -> Backup?
     /// Deletes a manual backup that has finished, re-checking inside the transaction.
-    func deleteManualBackup(id: String, databaseID: String, accountID: String) async throws -> Backup
+    func deleteManualBackup(id: String, databaseID: String, accountID: String, at: Date) async throws -> Backup
     /// Databases that are available and whose next due occurrence started at or before `now`.
     func dueDatabases(now: Date, limit: Int) async throws -> [ManagedDatabase]
     /// Automatic, finished backups whose `expires_at` passed and that no running restore reads.
     func expiredBackups(now: Date, limit: Int) async throws -> [Backup]
     /// Deletes an expired backup if it is still expired and unused; returns it when deleted.
     func deleteExpiredBackup(id: String, now: Date) async throws -> Backup?
+
+    /// Records what verifying the backup found.
+    func recordVerification(backupID: String, integrity: BackupIntegrity, at: Date) async throws
+    /// The database's most recent completed backup, the parent a new backup is layered on.
+    func latestCompletedBackup(databaseID: String) async throws -> Backup?
+    /// Enqueues verification of a completed backup unless one is already waiting or running;
+    /// returns whether it enqueued.
+    func enqueueVerification(backupID: String, jobID: String, now: Date) async throws -> Bool
 
     // MARK: Restores
     /// Creates the target database (status `restoring`), the restore and its job in one transaction,

@@ -47,6 +47,18 @@ public struct FileChunks: AsyncSequence, Sendable {
     public func makeAsyncIterator() -> AsyncIterator { AsyncIterator(path: path, chunkSize: chunkSize) }
 }
 
+extension Sequence where Element == UInt8 {
+    public var hex: String {
+        let digits = Array("0123456789abcdef".utf8)
+        var out = [UInt8]()
+        for byte in self {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xF)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
 enum FileSync {
     /// fsync a directory so a rename inside it survives power loss.
     static func directory(_ path: String) {

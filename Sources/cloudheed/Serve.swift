@@ -1,6 +1,7 @@
 import ArgumentParser
 import CloudheedHTTP
 import CloudheedRuntime
+import CloudheedStorage
 import Configuration
 import Foundation
 import Hummingbird
@@ -26,6 +27,10 @@ struct Serve: AsyncParsableCommand {
     var leaseSeconds: Int?
     @Option(help: "trace, debug, info, notice, warning, error or critical (env CLOUDHEED_LOG_LEVEL). Default info.")
     var logLevel: String?
+    @Option(help: "File holding the 32-byte master key, raw or as 64 hex characters. Else CLOUDHEED_MASTER_KEY (hex), else <data-dir>/master-key, generated on first start.")
+    var masterKeyFile: String?
+    @Option(help: "Compression of stored data: a zstd level 1-19, or none (env CLOUDHEED_COMPRESSION). Default 3.")
+    var compression: String?
 
     func run() async throws {
         var flags: [AbsoluteConfigKey: ConfigValue] = [:]
@@ -40,6 +45,7 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.default.quota.bytes", defaultQuotaBytes.map { .int($0) })
         set("cloudheed.lease.seconds", leaseSeconds.map { .int($0) })
         set("cloudheed.log.level", logLevel.map { .string($0) })
+        set("cloudheed.compression", compression.map { .string($0) })
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
 
         let levelName = config.string(forKey: "cloudheed.log.level", default: "info")
@@ -55,6 +61,19 @@ struct Serve: AsyncParsableCommand {
         let quota = config.int(forKey: "cloudheed.default.quota.bytes", default: 10 * 1024 * 1024 * 1024)
         guard quota >= 0 else { throw ValidationError("--default-quota-bytes must be zero or more") }
 
+        let compressionText = config.string(forKey: "cloudheed.compression", default: "3")
+        guard let compression = CompressionSetting.parse(compressionText) else {
+            throw ValidationError("--compression must be a zstd level 1-19 or none, not '\(compressionText)'")
+        }
+        let masterKey: MasterKeySource
+        if let masterKeyFile {
+            masterKey = .file(masterKeyFile)
+        } else if let hex = config.string(forKey: "cloudheed.master.key", isSecret: true) {
+            masterKey = .hex(hex)
+        } else {
+            masterKey = .dataDirectory
+        }
+
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -69,7 +88,8 @@ struct Serve: AsyncParsableCommand {
             host: config.string(forKey: "cloudheed.host", default: "127.0.0.1"),
             port: port,
             settings: settings,
-            adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true))
+            adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true),
+            masterKey: masterKey, compression: compression)
         let app = try buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

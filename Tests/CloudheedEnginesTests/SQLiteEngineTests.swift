@@ -25,11 +25,21 @@ while True:
 struct EngineFixture {
     let directory = NSTemporaryDirectory() + "cloudheed-engine-\(UUID().uuidString)"
     let engine: SQLiteEngine
-    let repository: FileSystemRepository
+    let repository: DedupRepository
 
-    init() throws {
+    init() async throws {
         engine = try SQLiteEngine(databasesDirectory: directory + "/databases", scratchDirectory: directory + "/tmp")
-        repository = try FileSystemRepository(root: directory + "/repository")
+        let catalog = try SQLiteCatalog(path: directory + "/catalog.sqlite3")
+        try await catalog.createAccount(
+            Account(id: "acct-engine", name: "engine", storageQuotaBytes: 1 << 40, createdAt: Date()),
+            token: StoredToken(id: "tok-engine", accountID: "acct-engine", secretHash: [0], createdAt: Date()))
+        repository = DedupRepository(
+            index: catalog, blobs: try FileBlobStore(root: directory + "/repository"),
+            keyRing: KeyRing(master: MasterKey.generate().0, store: catalog), clock: SystemWallClock(), ids: SecureIDGenerator())
+    }
+
+    func target(_ backupID: String, parent: StoredObject? = nil) -> BackupTarget {
+        BackupTarget(accountID: "acct-engine", backupID: backupID, parent: parent)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
@@ -45,7 +55,7 @@ struct EngineFixture {
 struct SQLiteEngineTests {
     @Test("A backup taken while another process keeps committing restores to a state that process committed")
     func consistentUnderWrites() async throws {
-        let f = try EngineFixture()
+        let f = try await EngineFixture()
         defer { f.cleanup() }
         let source = f.engine.location(forDatabaseID: "db-source")
         try await f.engine.create(at: source)
@@ -74,7 +84,7 @@ struct SQLiteEngineTests {
             // Retry until a backup overlapped commits (on a busy machine the writer may stall).
             for attempt in 0..<5 {
                 let start = try f.counter(source)
-                let object = try await f.engine.backup(at: source, into: f.repository, key: "backup-c-\(attempt)")
+                let object = try await f.engine.backup(at: source, into: f.repository, target: f.target("backup-c-\(attempt)"))
                 let end = try f.counter(source)
                 attempts.append((start, end, object))
                 if end > start { break }
@@ -86,7 +96,7 @@ struct SQLiteEngineTests {
         #expect(after > before, "no commit happened during the backup; the test proved nothing")
 
         let target = f.engine.location(forDatabaseID: "db-restored")
-        try await f.engine.restore(object, from: f.repository, to: target)
+        try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target)
         let restored = try DatabaseQueue(path: target)
         defer { try? restored.close() }
         try await restored.read { db in
@@ -104,7 +114,7 @@ struct SQLiteEngineTests {
 
     @Test("New databases are in WAL mode and dropping removes every file")
     func createAndDrop() async throws {
-        let f = try EngineFixture()
+        let f = try await EngineFixture()
         defer { f.cleanup() }
         let path = f.engine.location(forDatabaseID: "db-new")
         try await f.engine.create(at: path)
@@ -117,32 +127,30 @@ struct SQLiteEngineTests {
         #expect(f.engine.connectionURI(location: path) == "file://" + path)
     }
 
-    @Test("A backup whose stored bytes are not an SQLite database fails the restore's integrity check and leaves nothing")
+    @Test("A backup whose pages are not an SQLite database fails the restore's integrity check and leaves nothing")
     func integrityCheckFailure() async throws {
-        let f = try EngineFixture()
+        let f = try await EngineFixture()
         defer { f.cleanup() }
-        // Valid checksum, invalid content: exactly the case only integrity_check can catch.
-        var bytes = Array("SQLite format 3\u{0}".utf8) + Array(repeating: 0xAB, count: 8192)
+        // Sound storage, unsound content: exactly the case only integrity_check can catch.
+        var bytes = Array("SQLite format 3\u{0}".utf8) + Array(repeating: 0xAB, count: 3 * 4096 - 16)
         bytes[16] = 0x10; bytes[17] = 0x00  // page size 4096
-        let object = try await f.repository.write(key: "backup-bad-1", chunks: FileChunks(path: try {
-            let p = f.directory + "/bad"
-            try Data(bytes).write(to: URL(fileURLWithPath: p))
-            return p
-        }()))
+        let path = f.directory + "/bad"
+        try Data(bytes).write(to: URL(fileURLWithPath: path))
+        let object = try await f.repository.storePages(ofFile: path, pageSize: 4096, target: f.target("backup-bad"))
         let target = f.engine.location(forDatabaseID: "db-target")
-        await #expect(throws: EngineError.self) { try await f.engine.restore(object, from: f.repository, to: target) }
+        await #expect(throws: EngineError.self) { try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target) }
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.directory + "/databases").isEmpty)
     }
 
     @Test("Backing up a missing database fails with database_file_missing and creates nothing")
     func missingSource() async throws {
-        let f = try EngineFixture()
+        let f = try await EngineFixture()
         defer { f.cleanup() }
         let path = f.engine.location(forDatabaseID: "db-gone")
         await #expect(throws: EngineError(code: "database_file_missing", message: "the database file is missing")) {
-            _ = try await f.engine.backup(at: path, into: f.repository, key: "backup-x-1")
+            _ = try await f.engine.backup(at: path, into: f.repository, target: f.target("backup-x-1"))
         }
         #expect(!FileManager.default.fileExists(atPath: path))
-        #expect(try await f.repository.list().isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: f.directory + "/repository/packs"))
     }
 }

@@ -140,7 +140,7 @@ struct ProcessCrashTests {
             #expect(try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM items") } == rows)
             try queue.close()
             // What the killed attempt left half-written is gone.
-            #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/repository/incoming").isEmpty)
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/repository/.incoming").isEmpty)
         }
         // SIGTERM is a graceful shutdown.
         #expect(second.terminationStatus == TerminationStatus.exited(0))

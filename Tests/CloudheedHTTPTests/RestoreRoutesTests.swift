@@ -103,8 +103,7 @@ struct RestoreRoutesTests {
             let id = try #require(source["id"]?.stringValue)
             try writeRows(path: try filePath(ofURI: source["connection"]?["uri"]?.stringValue), values: (0..<200).map { "row \($0)" })
             let backup = try await api.completedBackup(token, database: id)
-            let objects = service.directory + "/repository/objects"
-            let object = objects + "/" + (try #require(try FileManager.default.contentsOfDirectory(atPath: objects).first))
+            let object = service.directory + "/repository/packs/" + (try #require(repositoryObjects(service, "packs").first))
             var bytes = try Data(contentsOf: URL(fileURLWithPath: object))
             bytes[bytes.count / 2] ^= 0xFF
             try bytes.write(to: URL(fileURLWithPath: object))

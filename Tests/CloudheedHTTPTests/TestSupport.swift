@@ -1,6 +1,7 @@
 import CloudheedDomain
 import CloudheedHTTP
 import CloudheedRuntime
+import CloudheedStorage
 import Foundation
 import GRDB
 import Hummingbird
@@ -21,9 +22,11 @@ struct TestService: Sendable {
         clock = ManualWallClock(start)
         var logger = Logger(label: "test")
         logger.logLevel = .warning
+        // No grace period: tests run garbage collection when they want to see its effect.
         components = try Components.make(
             dataDirectory: directory, settings: RuntimeSettings(workers: 1, defaultQuotaBytes: quotaBytes),
-            adminToken: Self.adminToken, clock: clock, ids: SeededIDGenerator(seed: UInt64.random(in: 0...UInt64.max)), logger: logger)
+            adminToken: Self.adminToken, masterKey: MasterKey.generate().0, garbageGrace: 0, clock: clock,
+            ids: SeededIDGenerator(seed: UInt64.random(in: 0...UInt64.max)), logger: logger)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
@@ -108,6 +111,11 @@ func readRows(path: String) throws -> [String] {
     let queue = try DatabaseQueue(path: path)
     defer { try? queue.close() }
     return try queue.read { db in try String.fetchAll(db, sql: "SELECT value FROM items ORDER BY id") }
+}
+
+/// Files under `<data-dir>/repository/<kind>` (packs or manifests).
+func repositoryObjects(_ service: TestService, _ kind: String) -> [String] {
+    ((try? FileManager.default.contentsOfDirectory(atPath: service.directory + "/repository/" + kind)) ?? []).sorted()
 }
 
 func filePath(ofURI uri: String?) throws -> String {

@@ -19,8 +19,9 @@ struct RecoveryTests {
         // A worker claims the job and dies without a word (kill -9): the catalog keeps its lease.
         let dead = try #require(try await f.service.catalog.claimJob(
             leaseToken: "deadworker01", now: f.clock.now(), leaseDuration: .seconds(60), maxAttempts: 3))
-        // It had written an object before dying, which nothing will ever reference.
-        let orphan = try await f.service.repository.write(key: "\(backup.id)-deadworker01", chunks: FileChunks(path: database.location))
+        // It had stored the backup's data before dying, and will never record it.
+        let orphan = try await f.service.engines.engine(.sqlite).backup(
+            at: database.location, into: f.service.repository, target: BackupTarget(accountID: database.accountID, backupID: backup.id, parent: nil))
         #expect(try await f.service.catalog.backup(id: backup.id)?.status == .inProgress)
 
         // While the lease lives, nobody else takes the job.
@@ -36,19 +37,14 @@ struct RecoveryTests {
         // The dead worker's late outcome is refused.
         #expect(try await f.service.catalog.finishJob(dead, outcome: .backupCompleted(orphan), at: f.clock.now()) == .leaseLost)
 
-        // The janitor removes the orphan once past the grace period, and keeps the live object.
-        // (Object ages come from the file system, so age the files to match the test clock.)
-        func age(_ seconds: TimeInterval) throws {
-            for key in ["\(backup.id)-deadworker01", recovered.object!.key] {
-                try FileManager.default.setAttributes(
-                    [.modificationDate: f.clock.now().addingTimeInterval(-seconds)], ofItemAtPath: f.directory + "/repository/objects/" + key)
-            }
-        }
-        try age(3500)
-        #expect(try await f.janitor.sweep() == 0)
-        try age(3700)
-        #expect(try await f.janitor.sweep() == 1)
-        #expect(try await f.repositoryKeys() == [try #require(recovered.object?.key)])
+        // Garbage collection drops the orphaned manifest once past the grace period, and keeps the live one.
+        #expect(f.objects("manifests") == [orphan.key, recovered.object!.key])
+        #expect(try await f.collector.run().layersDropped == 0)
+        f.clock.advance(by: 3601)
+        #expect(try await f.collector.run().layersDropped == 1)
+        f.clock.advance(by: 3601)
+        try await f.collector.run()
+        #expect(f.objects("manifests") == [recovered.object!.key])
 
         // And the recovered backup restores.
         let (restore, _) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: "recovered")

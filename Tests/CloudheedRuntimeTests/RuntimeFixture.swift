@@ -20,23 +20,27 @@ struct RuntimeFixture: Sendable {
     let service: BackupService
     let scheduler: Scheduler
     let runner: JobRunner
-    let janitor: RepositoryJanitor
+    let collector: GarbageCollector
     let logger: Logger
 
-    init(start: Date, settings: RuntimeSettings = RuntimeSettings(workers: 1, leaseDuration: .seconds(60))) throws {
+    init(start: Date, settings: RuntimeSettings = RuntimeSettings(workers: 1, leaseDuration: .seconds(60)), grace: TimeInterval = 3600) throws {
         clock = ManualWallClock(start)
         var logger = Logger(label: "runtime-test")
         logger.logLevel = .warning
         self.logger = logger
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let catalog = try SQLiteCatalog(path: directory + "/catalog.sqlite3", garbageGrace: grace)
+        let ids = SecureIDGenerator()
         service = BackupService(
-            catalog: try SQLiteCatalog(path: directory + "/catalog.sqlite3"),
-            repository: try FileSystemRepository(root: directory + "/repository"),
+            catalog: catalog,
+            repository: DedupRepository(
+                index: catalog, blobs: try FileBlobStore(root: directory + "/repository"),
+                keyRing: KeyRing(master: MasterKey.generate().0, store: catalog), clock: clock, ids: ids, grace: grace),
             engines: EngineRegistry([try SQLiteEngine(databasesDirectory: directory + "/databases", scratchDirectory: directory + "/tmp")]),
-            clock: clock, ids: SecureIDGenerator(), signal: WorkSignal(), settings: settings)
+            clock: clock, ids: ids, signal: WorkSignal(), settings: settings)
         scheduler = Scheduler(service: service, logger: logger)
         runner = JobRunner(service: service, logger: logger)
-        janitor = RepositoryJanitor(service: service, logger: logger)
+        collector = GarbageCollector(service: service, logger: logger)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
@@ -66,8 +70,9 @@ struct RuntimeFixture: Sendable {
         while try await runner.runNextJob() {}
     }
 
-    func repositoryKeys() async throws -> Set<String> {
-        Set(try await service.repository.list().map(\.key))
+    /// Objects under `<repository>/<kind>` (packs or manifests).
+    func objects(_ kind: String) -> Set<String> {
+        Set((try? FileManager.default.contentsOfDirectory(atPath: directory + "/repository/" + kind)) ?? [])
     }
 
     /// Moves the clock to `time` and runs one scheduler tick.

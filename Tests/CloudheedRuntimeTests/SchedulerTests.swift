@@ -85,14 +85,15 @@ struct SchedulerTests {
     @Test("Automatic backups expire after their tier's retention, with their stored data",
           arguments: [(Tier.free, 1), (.micro, 7), (.small, 14), (.medium, 14), (.large, 30), (.xlarge, 30)])
     func expiryPerTier(_ tier: Tier, _ days: Int) async throws {
-        let f = try RuntimeFixture(start: utc("2026-03-17T02:00:00Z"))
+        let f = try RuntimeFixture(start: utc("2026-03-17T02:00:00Z"), grace: 0)
         defer { f.cleanup() }
         let database = try await f.database(try await f.account(), window: "03:00-04:00", tier: tier)
         try await f.tick(at: "2026-03-17T03:00:00Z")
         try await f.runJobs()
         let backup = try #require(try await f.automaticBackups(database).first)
         let key = try #require(backup.object?.key)
-        #expect(try await f.repositoryKeys().contains(key))
+        #expect(f.objects("manifests").contains(key))
+        #expect(f.objects("packs").count == 1)
 
         f.clock.set(utc("2026-03-17T03:00:00Z").addingTimeInterval(Double(days) * 86_400 - 1))
         #expect(try await f.scheduler.tick().backupsExpired == 0)
@@ -100,7 +101,11 @@ struct SchedulerTests {
         f.clock.set(utc("2026-03-17T03:00:00Z").addingTimeInterval(Double(days) * 86_400))
         #expect(try await f.scheduler.tick().backupsExpired == 1)
         #expect(try await f.service.catalog.backup(id: backup.id) == nil)
-        #expect(try await !f.repositoryKeys().contains(key))
+        // Its data goes with the next garbage collection.
+        let report = try await f.collector.run()
+        #expect(report.chunksDeleted > 0 && report.packsRetired == 1)
+        #expect(!f.objects("manifests").contains(key))
+        #expect(f.objects("packs").isEmpty)
     }
 
     @Test("A tier change applies the new retention to existing automatic backups; manual backups never expire")

@@ -7,7 +7,7 @@ import Testing
 /// every implementation; the PostgreSQL catalog joins `all` when it exists.
 struct CatalogFactory: Sendable, CustomTestStringConvertible {
     let name: String
-    let make: @Sendable () async throws -> (any Catalog, @Sendable () -> Void)
+    let make: @Sendable () async throws -> (any Catalog & RepositoryIndex, @Sendable () -> Void)
     var testDescription: String { name }
 
     static let sqlite = CatalogFactory(name: "SQLite") {
@@ -24,7 +24,7 @@ let day: TimeInterval = 86_400
 
 /// Builds valid rows for the contract tests.
 struct Fixture {
-    let catalog: any Catalog
+    let catalog: any Catalog & RepositoryIndex
     var counter = 0
 
     mutating func next(_ prefix: String) -> String {
@@ -64,11 +64,23 @@ struct Fixture {
         return (backup, inserted)
     }
 
+    /// A manifest layer as the repository would record it, with no chunks.
+    mutating func layer(accountID: String, size: Int64 = 100, at: Date = t0) async throws -> StoredObject {
+        let id = next("mf")
+        try await catalog.insertLayer(
+            LayerRecord(id: id, accountID: accountID, parentID: nil, depth: 0, kind: .pagesFull, pageSize: 4096, entryCount: 0,
+                        logicalSize: size, storedBytes: size, objectChecksum: "00", createdAt: at),
+            chunkIDs: [])
+        return StoredObject(key: id, sizeBytes: size, checksum: "00", storedBytes: size)
+    }
+
     /// Claims the next job and completes it with an object of `size` bytes.
     mutating func completeNextJob(size: Int64 = 100, at: Date = t0) async throws -> ClaimedJob {
         let job = try #require(try await catalog.claimJob(leaseToken: next("lease"), now: at, leaseDuration: .seconds(60), maxAttempts: 3))
-        let outcome: JobOutcome = job.kind == .backup
-            ? .backupCompleted(StoredObject(key: "\(job.subjectID)-x", sizeBytes: size, checksum: "00")) : .restoreCompleted
+        var outcome = JobOutcome.restoreCompleted
+        if job.kind == .backup, let backup = try await catalog.backup(id: job.subjectID) {
+            outcome = .backupCompleted(try await layer(accountID: backup.accountID, size: size, at: at))
+        }
         #expect(try await catalog.finishJob(job, outcome: outcome, at: at) == .applied)
         return job
     }
@@ -130,7 +142,7 @@ struct CatalogContractTests {
             }
             await #expect(throws: DomainError.databaseNotFound) { _ = try await f.catalog.markDatabaseDeleted(id: database.id, accountID: other.id, at: t0) }
             await #expect(throws: DomainError.backupNotFound) {
-                _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: other.id)
+                _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: other.id, at: t0)
             }
         }
     }
@@ -187,9 +199,9 @@ struct CatalogContractTests {
             #expect(second.id == first.id && second.attempt == 2)
             #expect(try await f.catalog.jobCounts() == (pending: 0, running: 1))
             #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", until: t0.addingTimeInterval(200)) == false)
-            let stale = StoredObject(key: "stale", sizeBytes: 1, checksum: "aa")
+            let stale = try await f.layer(accountID: account.id, size: 1)
             #expect(try await f.catalog.finishJob(first, outcome: .backupCompleted(stale), at: t0) == .leaseLost)
-            let object = StoredObject(key: "fresh", sizeBytes: 7, checksum: "bb")
+            let object = try await f.layer(accountID: account.id, size: 7)
             #expect(try await f.catalog.finishJob(second, outcome: .backupCompleted(object), at: t0.addingTimeInterval(100)) == .applied)
             let done = try #require(try await f.catalog.backup(id: backup.id))
             #expect(done.status == .completed && done.object == object && done.sizeBytes == 7)
@@ -299,12 +311,12 @@ struct CatalogContractTests {
             let account = try await f.account()
             let database = try await f.database(account)
             let backup = try await f.manualBackup(database)
-            await #expect(throws: DomainError.backupRunning) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id) }
+            await #expect(throws: DomainError.backupRunning) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id, at: t0) }
             _ = try await f.completeNextJob()
             let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
             _ = try await f.completeNextJob()
             await #expect(throws: DomainError.automaticBackupNotDeletable) {
-                _ = try await f.catalog.deleteManualBackup(id: automatic.id, databaseID: database.id, accountID: account.id)
+                _ = try await f.catalog.deleteManualBackup(id: automatic.id, databaseID: database.id, accountID: account.id, at: t0)
             }
             let target = ManagedDatabase(
                 id: "db-t", accountID: account.id, name: "t", tier: .free, engine: .sqlite, status: .restoring,
@@ -312,12 +324,12 @@ struct CatalogContractTests {
             try await f.catalog.enqueueRestore(
                 Restore(id: "restore-1", accountID: account.id, backupID: backup.id, sourceDatabaseID: database.id, targetDatabaseID: target.id, status: .pending, createdAt: t0),
                 target: target, jobID: "job-r", now: t0)
-            await #expect(throws: DomainError.self) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id) }
+            await #expect(throws: DomainError.self) { _ = try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id, at: t0) }
             let job = try #require(try await f.catalog.claimJob(leaseToken: "r", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
             #expect(try await f.catalog.finishJob(job, outcome: .failed(ErrorInfo(code: "x", message: "y")), at: t0) == .applied)
             #expect(try await f.catalog.database(id: target.id)?.status == .failed)
             #expect(try await f.catalog.restore(id: "restore-1")?.error == ErrorInfo(code: "x", message: "y"))
-            #expect(try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id).id == backup.id)
+            #expect(try await f.catalog.deleteManualBackup(id: backup.id, databaseID: database.id, accountID: account.id, at: t0).id == backup.id)
         }
     }
 

@@ -1,0 +1,328 @@
+import CloudheedDomain
+import Foundation
+import GRDB
+
+/// The repository index in the SQLite catalog (migration v2).
+///
+/// Layers are reference-counted: a layer's `refs` counts the backups whose manifest it is plus
+/// the layers built on it. Releasing the last reference drops the layer, its chunk references,
+/// and releases its parent in turn; its object is queued in `garbage_objects` and deleted only
+/// after a grace period, so a restore that already read the manifest can finish.
+extension SQLiteCatalog: RepositoryIndex {
+    static func registerRepositoryMigration(_ migrator: inout DatabaseMigrator) {
+        migrator.registerMigration("v2-repository") { db in
+            try db.execute(sql: """
+                CREATE TABLE account_keys (
+                    account_id TEXT PRIMARY KEY REFERENCES accounts(id) ON DELETE CASCADE,
+                    wrapped_key BLOB NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE TABLE packs (
+                    id TEXT PRIMARY KEY,
+                    account_id TEXT NOT NULL,
+                    stored_size INTEGER NOT NULL,
+                    plain_size INTEGER NOT NULL,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE INDEX packs_by_account ON packs(account_id);
+                CREATE TABLE chunks (
+                    account_id TEXT NOT NULL,
+                    id BLOB NOT NULL,
+                    pack_id TEXT NOT NULL REFERENCES packs(id),
+                    offset INTEGER NOT NULL,
+                    length INTEGER NOT NULL,
+                    stored_length INTEGER NOT NULL,
+                    created_at INTEGER NOT NULL,
+                    PRIMARY KEY (account_id, id)
+                ) WITHOUT ROWID;
+                CREATE INDEX chunks_by_pack ON chunks(pack_id);
+                CREATE TABLE layers (
+                    id TEXT PRIMARY KEY,
+                    account_id TEXT NOT NULL,
+                    parent_id TEXT REFERENCES layers(id),
+                    depth INTEGER NOT NULL,
+                    kind TEXT NOT NULL CHECK (kind IN ('pages-full','pages-delta','stream')),
+                    page_size INTEGER NOT NULL,
+                    entry_count INTEGER NOT NULL,
+                    logical_size INTEGER NOT NULL,
+                    stored_bytes INTEGER NOT NULL,
+                    object_checksum TEXT NOT NULL,
+                    refs INTEGER NOT NULL DEFAULT 0,
+                    created_at INTEGER NOT NULL
+                );
+                CREATE INDEX layers_unreferenced ON layers(created_at) WHERE refs <= 0;
+                CREATE TABLE layer_chunks (
+                    layer_id TEXT NOT NULL REFERENCES layers(id) ON DELETE CASCADE,
+                    account_id TEXT NOT NULL,
+                    chunk_id BLOB NOT NULL,
+                    PRIMARY KEY (layer_id, chunk_id)
+                ) WITHOUT ROWID;
+                CREATE INDEX layer_chunks_by_chunk ON layer_chunks(account_id, chunk_id);
+                CREATE TABLE garbage_objects (
+                    key TEXT PRIMARY KEY,
+                    deletable_at INTEGER NOT NULL
+                );
+                ALTER TABLE backups ADD COLUMN stored_bytes INTEGER;
+                ALTER TABLE backups ADD COLUMN integrity TEXT NOT NULL DEFAULT 'unverified'
+                    CHECK (integrity IN ('unverified','verified','corrupt'));
+                ALTER TABLE backups ADD COLUMN verified_at INTEGER;
+                CREATE TABLE jobs_v2 (
+                    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                    id TEXT NOT NULL UNIQUE,
+                    kind TEXT NOT NULL CHECK (kind IN ('backup','restore','verify')),
+                    subject_id TEXT NOT NULL,
+                    status TEXT NOT NULL CHECK (status IN ('pending','running')),
+                    attempts INTEGER NOT NULL DEFAULT 0,
+                    lease_token TEXT,
+                    lease_expires_at INTEGER,
+                    created_at INTEGER NOT NULL,
+                    UNIQUE (kind, subject_id)
+                );
+                INSERT INTO jobs_v2 SELECT * FROM jobs;
+                DROP TABLE jobs;
+                ALTER TABLE jobs_v2 RENAME TO jobs;
+                CREATE INDEX jobs_pending ON jobs(seq) WHERE status = 'pending';
+                CREATE INDEX jobs_leases ON jobs(lease_expires_at) WHERE status = 'running';
+                """)
+        }
+    }
+
+    // MARK: Account keys
+
+    public func wrappedDataKey(accountID: String, orInsert candidate: [UInt8]) async throws -> [UInt8] {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO account_keys (account_id, wrapped_key, created_at) VALUES (?, ?, ?) ON CONFLICT (account_id) DO NOTHING",
+                arguments: [accountID, Data(candidate), ms(Date())])
+            return [UInt8](try Data.fetchOne(db, sql: "SELECT wrapped_key FROM account_keys WHERE account_id = ?", arguments: [accountID])!)
+        }
+    }
+
+    public func allWrappedDataKeys() async throws -> [(accountID: String, wrapped: [UInt8])] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT account_id, wrapped_key FROM account_keys ORDER BY account_id").map {
+                ($0["account_id"], [UInt8]($0["wrapped_key"] as Data))
+            }
+        }
+    }
+
+    public func replaceWrappedDataKeys(_ keys: [(accountID: String, wrapped: [UInt8])]) async throws {
+        try await pool.write { db in
+            for (accountID, wrapped) in keys {
+                try db.execute(sql: "UPDATE account_keys SET wrapped_key = ? WHERE account_id = ?", arguments: [Data(wrapped), accountID])
+            }
+        }
+    }
+
+    public func destroyDataKey(accountID: String) async throws {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM account_keys WHERE account_id = ?", arguments: [accountID])
+        }
+    }
+
+    // MARK: Chunks and packs
+
+    static let batch = 500
+
+    public func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID> {
+        try await pool.read { db in
+            var found = Set<ChunkID>()
+            for start in stride(from: 0, to: ids.count, by: Self.batch) {
+                let slice = ids[start..<min(start + Self.batch, ids.count)]
+                let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
+                for data in try Data.fetchAll(db, sql: "SELECT id FROM chunks WHERE account_id = ? AND id IN (\(marks))", arguments: arguments) {
+                    found.insert(ChunkID(bytes: [UInt8](data)))
+                }
+            }
+            return found
+        }
+    }
+
+    public func insertPack(_ pack: PackRecord, chunks: [ChunkLocation]) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO packs (id, account_id, stored_size, plain_size, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [pack.id, pack.accountID, pack.storedSize, pack.plainSize, ms(pack.createdAt)])
+            let statement = try db.makeStatement(sql: """
+                INSERT INTO chunks (account_id, id, pack_id, offset, length, stored_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (account_id, id) DO NOTHING
+                """)
+            for chunk in chunks {
+                try statement.execute(arguments: [pack.accountID, Data(chunk.id.bytes), pack.id, chunk.offset, chunk.length, chunk.storedLength, ms(pack.createdAt)])
+            }
+        }
+    }
+
+    public func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation] {
+        try await pool.read { db in
+            var found: [ChunkID: ChunkLocation] = [:]
+            for start in stride(from: 0, to: ids.count, by: Self.batch) {
+                let slice = ids[start..<min(start + Self.batch, ids.count)]
+                let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+                let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
+                let rows = try Row.fetchAll(
+                    db, sql: "SELECT id, pack_id, offset, length, stored_length FROM chunks WHERE account_id = ? AND id IN (\(marks))",
+                    arguments: arguments)
+                for row in rows {
+                    let id = ChunkID(bytes: [UInt8](row["id"] as Data))
+                    found[id] = ChunkLocation(id: id, packID: row["pack_id"], offset: row["offset"], length: row["length"], storedLength: row["stored_length"])
+                }
+            }
+            return found
+        }
+    }
+
+    // MARK: Layers
+
+    public func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID]) async throws {
+        try await pool.write { db in
+            let check = try db.makeStatement(sql: "SELECT 1 FROM chunks WHERE account_id = ? AND id = ?")
+            var missing = 0
+            for id in chunkIDs where try Bool.fetchOne(check, arguments: [layer.accountID, Data(id.bytes)]) == nil { missing += 1 }
+            guard missing == 0 else {
+                throw RepositoryError(.chunksCollected, "\(missing) chunks this backup reuses were garbage-collected while it ran")
+            }
+            if let parent = layer.parentID {
+                try db.execute(sql: "UPDATE layers SET refs = refs + 1 WHERE id = ?", arguments: [parent])
+                guard db.changesCount == 1 else { throw RepositoryError(.chunksCollected, "the parent manifest was garbage-collected while the backup ran") }
+            }
+            try db.execute(
+                sql: """
+                    INSERT INTO layers (id, account_id, parent_id, depth, kind, page_size, entry_count, logical_size, stored_bytes, object_checksum, refs, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                    """,
+                arguments: [layer.id, layer.accountID, layer.parentID, layer.depth, layer.kind.rawValue, layer.pageSize, layer.entryCount,
+                            layer.logicalSize, layer.storedBytes, layer.objectChecksum, ms(layer.createdAt)])
+            let insert = try db.makeStatement(sql: "INSERT INTO layer_chunks (layer_id, account_id, chunk_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            for id in chunkIDs { try insert.execute(arguments: [layer.id, layer.accountID, Data(id.bytes)]) }
+        }
+    }
+
+    public func layer(id: String) async throws -> LayerRecord? {
+        try await pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT * FROM layers WHERE id = ?", arguments: [id]).map { row in
+                LayerRecord(
+                    id: row["id"], accountID: row["account_id"], parentID: row["parent_id"], depth: row["depth"],
+                    kind: LayerRecord.Kind(rawValue: row["kind"])!, pageSize: row["page_size"], entryCount: row["entry_count"],
+                    logicalSize: row["logical_size"], storedBytes: row["stored_bytes"], objectChecksum: row["object_checksum"],
+                    createdAt: date(row["created_at"]))
+            }
+        }
+    }
+
+    public func uniqueBytes(layerID: String) async throws -> Int64 {
+        try await pool.read { db in
+            // Only a layer no other backup builds on goes away with its backup.
+            guard let refs = try Int.fetchOne(db, sql: "SELECT refs FROM layers WHERE id = ?", arguments: [layerID]), refs <= 1 else { return 0 }
+            return try Int64.fetchOne(
+                db,
+                sql: """
+                    SELECT COALESCE(SUM(c.stored_length), 0) FROM layer_chunks lc
+                    JOIN chunks c ON c.account_id = lc.account_id AND c.id = lc.chunk_id
+                    WHERE lc.layer_id = ?
+                      AND NOT EXISTS (SELECT 1 FROM layer_chunks o WHERE o.account_id = lc.account_id AND o.chunk_id = lc.chunk_id AND o.layer_id <> lc.layer_id)
+                    """,
+                arguments: [layerID]) ?? 0
+        }
+    }
+
+    /// Drops one reference to a layer and cascades down the chain as layers reach zero.
+    static func releaseLayer(_ id: String?, now: Date, grace: TimeInterval, _ db: GRDB.Database) throws {
+        var current = id
+        while let layerID = current {
+            try db.execute(sql: "UPDATE layers SET refs = refs - 1 WHERE id = ?", arguments: [layerID])
+            guard let row = try Row.fetchOne(db, sql: "SELECT refs, parent_id FROM layers WHERE id = ?", arguments: [layerID]),
+                  (row["refs"] as Int) <= 0 else { return }
+            current = row["parent_id"]
+            try dropLayer(layerID, now: now, grace: grace, db)
+        }
+    }
+
+    static func dropLayer(_ id: String, now: Date, grace: TimeInterval, _ db: GRDB.Database) throws {
+        try db.execute(
+            sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            arguments: ["manifests/\(id)", ms(now.addingTimeInterval(grace))])
+        try db.execute(sql: "DELETE FROM layer_chunks WHERE layer_id = ?", arguments: [id])
+        try db.execute(sql: "DELETE FROM layers WHERE id = ?", arguments: [id])
+    }
+
+    // MARK: Garbage collection
+
+    public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {
+        try await pool.write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM layers WHERE refs <= 0 AND created_at < ?", arguments: [ms(createdBefore)])
+            for id in ids {
+                let parent = try String.fetchOne(db, sql: "SELECT parent_id FROM layers WHERE id = ?", arguments: [id])
+                try Self.dropLayer(id, now: now, grace: grace, db)
+                try Self.releaseLayer(parent, now: now, grace: grace, db)
+            }
+            return ids.count
+        }
+    }
+
+    public func deleteUnreferencedChunks(createdBefore: Date) async throws -> Int {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    DELETE FROM chunks WHERE created_at < ?
+                      AND NOT EXISTS (SELECT 1 FROM layer_chunks lc WHERE lc.account_id = chunks.account_id AND lc.chunk_id = chunks.id)
+                    """,
+                arguments: [ms(createdBefore)])
+            return db.changesCount
+        }
+    }
+
+    public func retireEmptyPacks(now: Date, grace: TimeInterval) async throws -> Int {
+        try await pool.write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM packs p WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)")
+            for id in ids {
+                try db.execute(
+                    sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    arguments: ["packs/\(id)", ms(now.addingTimeInterval(grace))])
+                try db.execute(sql: "DELETE FROM packs WHERE id = ?", arguments: [id])
+            }
+            return ids.count
+        }
+    }
+
+    public func dueGarbageObjects(now: Date, limit: Int) async throws -> [String] {
+        try await pool.read { db in
+            try String.fetchAll(db, sql: "SELECT key FROM garbage_objects WHERE deletable_at <= ? ORDER BY deletable_at LIMIT ?", arguments: [ms(now), limit])
+        }
+    }
+
+    public func forgetGarbageObjects(_ keys: [String]) async throws {
+        try await pool.write { db in
+            for key in keys { try db.execute(sql: "DELETE FROM garbage_objects WHERE key = ?", arguments: [key]) }
+        }
+    }
+
+    public func knownObjectKeys(_ keys: [String]) async throws -> Set<String> {
+        try await pool.read { db in
+            var known = Set<String>()
+            for key in keys {
+                let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+                guard parts.count == 2 else { continue }
+                let exists: Bool
+                switch parts[0] {
+                case "packs": exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM packs WHERE id = ?", arguments: [parts[1]]) != nil
+                case "manifests": exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM layers WHERE id = ?", arguments: [parts[1]]) != nil
+                default: exists = false
+                }
+                if try exists || Bool.fetchOne(db, sql: "SELECT 1 FROM garbage_objects WHERE key = ?", arguments: [key]) != nil {
+                    known.insert(key)
+                }
+            }
+            return known
+        }
+    }
+
+    public func packs(accountID: String) async throws -> [PackRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM packs WHERE account_id = ? ORDER BY created_at, id", arguments: [accountID]).map {
+                PackRecord(id: $0["id"], accountID: $0["account_id"], storedSize: $0["stored_size"], plainSize: $0["plain_size"], createdAt: date($0["created_at"]))
+            }
+        }
+    }
+}

@@ -1,0 +1,151 @@
+import CloudheedDomain
+import Crypto
+import Foundation
+import Synchronization
+
+/// The 32-byte master key. It only wraps the per-account data keys, so rotating it rewrites
+/// one small row per account and never a chunk.
+public struct MasterKey: Sendable {
+    let key: SymmetricKey
+
+    public init(bytes: [UInt8]) throws {
+        guard bytes.count == 32 else { throw KeyError("a master key is 32 bytes, got \(bytes.count)") }
+        key = SymmetricKey(data: bytes)
+    }
+
+    /// 64 hexadecimal characters.
+    public init(hex: String) throws {
+        let text = hex.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard text.utf8.count == 64 else { throw KeyError("a master key is 64 hexadecimal characters") }
+        var bytes: [UInt8] = []
+        var iterator = text.utf8.makeIterator()
+        while let high = iterator.next(), let low = iterator.next() {
+            guard let h = Self.nibble(high), let l = Self.nibble(low) else { throw KeyError("a master key is 64 hexadecimal characters") }
+            bytes.append(h << 4 | l)
+        }
+        try self.init(bytes: bytes)
+    }
+
+    public static func generate() -> (MasterKey, hex: String) {
+        let key = SymmetricKey(size: .bits256)
+        let hex = key.withUnsafeBytes { Array($0) }.hex
+        return (try! MasterKey(hex: hex), hex)
+    }
+
+    private static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        case 0x41...0x46: c - 0x41 + 10
+        default: nil
+        }
+    }
+
+    static func aad(_ accountID: String) -> [UInt8] { Array("cloudheed/account-key/v1/\(accountID)".utf8) }
+
+    func wrap(_ dataKey: SymmetricKey, accountID: String) throws -> [UInt8] {
+        let sealed = try AES.GCM.seal(dataKey.withUnsafeBytes { Array($0) }, using: key, authenticating: Self.aad(accountID))
+        return Array(sealed.combined!)
+    }
+
+    func unwrap(_ wrapped: [UInt8], accountID: String) throws -> SymmetricKey {
+        do {
+            let box = try AES.GCM.SealedBox(combined: wrapped)
+            return SymmetricKey(data: try AES.GCM.open(box, using: key, authenticating: Self.aad(accountID)))
+        } catch {
+            throw KeyError("the master key does not open the data key of account \(accountID): wrong master key, or the key store was altered")
+        }
+    }
+}
+
+public struct KeyError: Error, Sendable, Equatable, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A chunk's identity: HMAC-SHA-256 of its plaintext under the account's id key. Equal content in
+/// two accounts gets unrelated ids, so ids reveal nothing across accounts.
+public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    let a: UInt64, b: UInt64, c: UInt64, d: UInt64
+
+    public init(bytes: some Collection<UInt8>) {
+        precondition(bytes.count == 32)
+        var words = [UInt64](repeating: 0, count: 4)
+        for (i, byte) in bytes.enumerated() { words[i / 8] = words[i / 8] << 8 | UInt64(byte) }
+        (a, b, c, d) = (words[0], words[1], words[2], words[3])
+    }
+
+    public var bytes: [UInt8] {
+        [a, b, c, d].flatMap { word in (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> (UInt64($0) * 8)) } }
+    }
+
+    public var description: String { bytes.hex }
+
+    public static func < (l: ChunkID, r: ChunkID) -> Bool { (l.a, l.b, l.c, l.d) < (r.a, r.b, r.c, r.d) }
+}
+
+/// The keys of one account, derived from its data key.
+public struct AccountKeys: Sendable {
+    let idKey: SymmetricKey
+    let encryptionKey: SymmetricKey
+
+    init(dataKey: SymmetricKey) {
+        idKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey, info: Array("cloudheed chunk-id v1".utf8), outputByteCount: 32)
+        encryptionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey, info: Array("cloudheed encryption v1".utf8), outputByteCount: 32)
+    }
+
+    func chunkID(of bytes: UnsafeRawBufferPointer) -> ChunkID {
+        ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: bytes, using: idKey)))
+    }
+
+    func chunkID(of bytes: [UInt8]) -> ChunkID {
+        bytes.withUnsafeBytes { chunkID(of: $0) }
+    }
+}
+
+/// Where wrapped data keys are kept (the catalog).
+public protocol AccountKeyStore: Sendable {
+    /// The account's wrapped data key, storing `candidate` first if it has none.
+    func wrappedDataKey(accountID: String, orInsert candidate: [UInt8]) async throws -> [UInt8]
+    /// Every account's wrapped data key.
+    func allWrappedDataKeys() async throws -> [(accountID: String, wrapped: [UInt8])]
+    /// Replaces all wrapped keys at once (key rotation), in one transaction.
+    func replaceWrappedDataKeys(_ keys: [(accountID: String, wrapped: [UInt8])]) async throws
+    /// Destroys the account's data key: what was encrypted under it can never be read again.
+    func destroyDataKey(accountID: String) async throws
+}
+
+/// Unwraps and caches account keys.
+public final class KeyRing: Sendable {
+    let master: MasterKey
+    let store: any AccountKeyStore
+    private let cache = Mutex<[String: AccountKeys]>([:])
+
+    public init(master: MasterKey, store: any AccountKeyStore) {
+        self.master = master
+        self.store = store
+    }
+
+    public func keys(for accountID: String) async throws -> AccountKeys {
+        if let cached = cache.withLock({ $0[accountID] }) { return cached }
+        let candidate = try master.wrap(SymmetricKey(size: .bits256), accountID: accountID)
+        let wrapped = try await store.wrappedDataKey(accountID: accountID, orInsert: candidate)
+        let keys = AccountKeys(dataKey: try master.unwrap(wrapped, accountID: accountID))
+        cache.withLock { $0[accountID] = keys }
+        return keys
+    }
+
+    public func forget(accountID: String) {
+        _ = cache.withLock { $0.removeValue(forKey: accountID) }
+    }
+
+    /// Re-wraps every data key under `newMaster` without touching any chunk. Returns how many.
+    public static func rotate(store: any AccountKeyStore, from old: MasterKey, to new: MasterKey) async throws -> Int {
+        let rewrapped = try await store.allWrappedDataKeys().map { entry in
+            (entry.accountID, try new.wrap(try old.unwrap(entry.wrapped, accountID: entry.accountID), accountID: entry.accountID))
+        }
+        try await store.replaceWrappedDataKeys(rewrapped)
+        return rewrapped.count
+    }
+}

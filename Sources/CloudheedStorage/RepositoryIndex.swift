@@ -1,0 +1,89 @@
+import CloudheedDomain
+import Foundation
+
+/// Where a stored chunk lives: a byte range of a pack's plaintext.
+public struct ChunkLocation: Sendable, Equatable {
+    public var id: ChunkID
+    public var packID: String
+    public var offset: Int
+    public var length: Int
+    /// The chunk's share of its pack's stored (compressed, encrypted) size.
+    public var storedLength: Int
+}
+
+public struct PackRecord: Sendable, Equatable {
+    public var id: String
+    public var accountID: String
+    public var storedSize: Int
+    public var plainSize: Int
+    public var createdAt: Date
+    public var objectKey: String { "packs/\(id)" }
+}
+
+/// A manifest layer: a backup's chunk list, stored whole or as the changes against its parent.
+public struct LayerRecord: Sendable, Equatable {
+    public enum Kind: String, Sendable { case pagesFull = "pages-full", pagesDelta = "pages-delta", stream }
+    public var id: String
+    public var accountID: String
+    public var parentID: String?
+    /// Layers below this one; bounded so reading a manifest stays cheap.
+    public var depth: Int
+    public var kind: Kind
+    public var pageSize: Int
+    public var entryCount: Int
+    public var logicalSize: Int64
+    public var storedBytes: Int64
+    public var objectChecksum: String
+    public var createdAt: Date
+    public var objectKey: String { "manifests/\(id)" }
+
+    public init(
+        id: String, accountID: String, parentID: String?, depth: Int, kind: Kind, pageSize: Int, entryCount: Int,
+        logicalSize: Int64, storedBytes: Int64, objectChecksum: String, createdAt: Date
+    ) {
+        self.id = id
+        self.accountID = accountID
+        self.parentID = parentID
+        self.depth = depth
+        self.kind = kind
+        self.pageSize = pageSize
+        self.entryCount = entryCount
+        self.logicalSize = logicalSize
+        self.storedBytes = storedBytes
+        self.objectChecksum = objectChecksum
+        self.createdAt = createdAt
+    }
+}
+
+/// The repository's bookkeeping, kept in the catalog database so that deleting a backup and
+/// releasing its data are one transaction. Work per backup is proportional to what changed:
+/// a layer records only the chunks its backup added over its parent.
+public protocol RepositoryIndex: AccountKeyStore {
+    /// Which of `ids` the account already stores.
+    func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID>
+    /// Records a pack written to storage and the chunks in it.
+    func insertPack(_ pack: PackRecord, chunks: [ChunkLocation]) async throws
+    func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation]
+    /// Records a layer and the chunks it adds, after checking in the same transaction that each
+    /// still exists (GC may have removed an unreferenced one meanwhile); throws
+    /// `RepositoryError(.chunksCollected)` if not. The parent gains a reference.
+    func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID]) async throws
+    func layer(id: String) async throws -> LayerRecord?
+    /// Bytes that deleting the backup whose top layer this is would free.
+    func uniqueBytes(layerID: String) async throws -> Int64
+
+    // MARK: Garbage collection (each step safe to interrupt and to run on several nodes)
+    /// Drops layers no backup and no child refers to, older than `before` (abandoned attempts).
+    func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int
+    /// Deletes chunk rows no layer refers to, created before `before`; returns how many.
+    func deleteUnreferencedChunks(createdBefore: Date) async throws -> Int
+    /// Forgets packs without chunks, queueing their objects for deletion after the grace period.
+    func retireEmptyPacks(now: Date, grace: TimeInterval) async throws -> Int
+    /// Objects whose deletion is due.
+    func dueGarbageObjects(now: Date, limit: Int) async throws -> [String]
+    func forgetGarbageObjects(_ keys: [String]) async throws
+    /// Which of `keys` the index knows (packs, manifests, or queued garbage).
+    func knownObjectKeys(_ keys: [String]) async throws -> Set<String>
+    /// Every pack of an account, for verification and statistics.
+    func packs(accountID: String) async throws -> [PackRecord]
+}
