@@ -17,10 +17,13 @@ public protocol BlobStore: Sendable {
 public struct FileBlobStore: BlobStore {
     public let root: String
 
-    public init(root: String) throws {
+    /// `sweepIncoming` removes what interrupted writes left; only the process that owns the
+    /// directory may do that (an offline `cloudheed verify` beside a running service must not).
+    public init(root: String, sweepIncoming: Bool = true) throws {
         self.root = root
         let fm = FileManager.default
         try fm.createDirectory(atPath: root + "/.incoming", withIntermediateDirectories: true)
+        guard sweepIncoming else { return }
         for leftover in (try? fm.contentsOfDirectory(atPath: root + "/.incoming")) ?? [] {
             try? fm.removeItem(atPath: root + "/.incoming/" + leftover)
         }

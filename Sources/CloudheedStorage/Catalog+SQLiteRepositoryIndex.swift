@@ -98,19 +98,22 @@ extension SQLiteCatalog: RepositoryIndex {
         }
     }
 
-    public func allWrappedDataKeys() async throws -> [(accountID: String, wrapped: [UInt8])] {
-        try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT account_id, wrapped_key FROM account_keys ORDER BY account_id").map {
-                ($0["account_id"], [UInt8]($0["wrapped_key"] as Data))
+    public func rewrapAllDataKeys(_ transform: @escaping @Sendable (_ accountID: String, _ wrapped: [UInt8]) throws -> [UInt8]) async throws -> Int {
+        try await pool.write { db in
+            let rows = try Row.fetchAll(db, sql: "SELECT account_id, wrapped_key FROM account_keys ORDER BY account_id")
+            for row in rows {
+                let accountID: String = row["account_id"]
+                let rewrapped = try transform(accountID, [UInt8](row["wrapped_key"] as Data))
+                try db.execute(sql: "UPDATE account_keys SET wrapped_key = ? WHERE account_id = ?", arguments: [Data(rewrapped), accountID])
             }
+            return rows.count
         }
     }
 
-    public func replaceWrappedDataKeys(_ keys: [(accountID: String, wrapped: [UInt8])]) async throws {
-        try await pool.write { db in
-            for (accountID, wrapped) in keys {
-                try db.execute(sql: "UPDATE account_keys SET wrapped_key = ? WHERE account_id = ?", arguments: [Data(wrapped), accountID])
-            }
+    /// Every completed backup, oldest first (offline verification).
+    public func completedBackups() async throws -> [Backup] {
+        try await pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE status = 'completed' ORDER BY created_at, seq").map(Self.backup)
         }
     }
 

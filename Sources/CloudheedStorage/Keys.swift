@@ -108,10 +108,9 @@ public struct AccountKeys: Sendable {
 public protocol AccountKeyStore: Sendable {
     /// The account's wrapped data key, storing `candidate` first if it has none.
     func wrappedDataKey(accountID: String, orInsert candidate: [UInt8]) async throws -> [UInt8]
-    /// Every account's wrapped data key.
-    func allWrappedDataKeys() async throws -> [(accountID: String, wrapped: [UInt8])]
-    /// Replaces all wrapped keys at once (key rotation), in one transaction.
-    func replaceWrappedDataKeys(_ keys: [(accountID: String, wrapped: [UInt8])]) async throws
+    /// Re-wraps every account's data key with `transform`, all in one transaction: either every
+    /// key is re-wrapped or none is. Returns how many.
+    func rewrapAllDataKeys(_ transform: @escaping @Sendable (_ accountID: String, _ wrapped: [UInt8]) throws -> [UInt8]) async throws -> Int
     /// Destroys the account's data key: what was encrypted under it can never be read again.
     func destroyDataKey(accountID: String) async throws
 }
@@ -141,11 +140,10 @@ public final class KeyRing: Sendable {
     }
 
     /// Re-wraps every data key under `newMaster` without touching any chunk. Returns how many.
+    /// Stop the service first: a running one still holds the old master key.
     public static func rotate(store: any AccountKeyStore, from old: MasterKey, to new: MasterKey) async throws -> Int {
-        let rewrapped = try await store.allWrappedDataKeys().map { entry in
-            (entry.accountID, try new.wrap(try old.unwrap(entry.wrapped, accountID: entry.accountID), accountID: entry.accountID))
+        try await store.rewrapAllDataKeys { accountID, wrapped in
+            try new.wrap(try old.unwrap(wrapped, accountID: accountID), accountID: accountID)
         }
-        try await store.replaceWrappedDataKeys(rewrapped)
-        return rewrapped.count
     }
 }

@@ -5,5 +5,5 @@ struct Cloudheed: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cloudheed",
         abstract: "Cloudheed Backups: automatic and manual backups of SQLite databases, with restores into new databases.",
-        subcommands: [Serve.self])
+        subcommands: [Serve.self, Verify.self, Keys.self])
 }

@@ -168,3 +168,66 @@ struct BackupRoutesTests {
         }
     }
 }
+
+@Suite("Verification and sizes")
+struct VerificationRoutesTests {
+    @Test("POST /verify re-reads the backup: a sound one becomes verified, a tampered one corrupt; its restore then fails")
+    func verifyEndpoint() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let database = try await api.database(token)
+            let id = try #require(database["id"]?.stringValue)
+            try writeRows(path: try filePath(ofURI: database["connection"]?["uri"]?.stringValue), values: (0..<300).map { "row \($0)" })
+            let backup = try await api.completedBackup(token, database: id)
+            let backupID = try #require(backup["id"]?.stringValue)
+            #expect(backup["integrity"]?.stringValue == "unverified")
+            #expect(backup["verified_at"] == .null)
+            #expect((backup["stored_bytes"]?.intValue ?? 0) > 0)
+            #expect((backup["stored_bytes"]?.intValue ?? 0) < (backup["size_bytes"]?.intValue ?? 0))
+            #expect((backup["unique_bytes"]?.intValue ?? 0) > 0)
+
+            let requested = try await api.call(.post, "/v1/databases/\(id)/backups/\(backupID)/verify", token: token)
+            #expect(requested.status == .accepted)
+            try await service.runJobs()
+            let verified = try await api.call(.get, "/v1/databases/\(id)/backups/\(backupID)", token: token)
+            #expect(verified["integrity"]?.stringValue == "verified")
+            #expect(verified["verified_at"]?.stringValue == "2026-03-17T03:00:00Z")
+
+            let pack = service.directory + "/repository/packs/" + (try #require(repositoryObjects(service, "packs").first))
+            var bytes = try Data(contentsOf: URL(fileURLWithPath: pack))
+            bytes[bytes.count / 3] ^= 0x10
+            try bytes.write(to: URL(fileURLWithPath: pack))
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups/\(backupID)/verify", token: token).status == .accepted)
+            try await service.runJobs()
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups/\(backupID)", token: token)["integrity"]?.stringValue == "corrupt")
+
+            let restore = try await api.call(.post, "/v1/databases/\(id)/backups/\(backupID)/restore", token: token)
+            try await service.runJobs()
+            let polled = try await api.call(.get, "/v1/restores/\(restore["restore"]!["id"]!.stringValue!)", token: token)
+            #expect(polled["restore"]?["status"]?.stringValue == "failed")
+            #expect(polled["restore"]?["error"]?["code"]?.stringValue == "backup_data_corrupt")
+            #expect(polled["database"]?["status"]?.stringValue == "failed")
+        }
+    }
+
+    @Test("Only completed backups can be verified; repeated requests while one waits enqueue one job")
+    func verifyRules() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let id = try #require(try await api.database(token)["id"]?.stringValue)
+            let pending = try await api.call(.post, "/v1/databases/\(id)/backups", token: token)
+            let early = try await api.call(.post, "/v1/databases/\(id)/backups/\(pending["id"]!.stringValue!)/verify", token: token)
+            #expect(early.status == .conflict)
+            #expect(early.errorCode == "backup_not_verifiable")
+            try await service.runJobs()
+            for _ in 0..<3 {
+                #expect(try await api.call(.post, "/v1/databases/\(id)/backups/\(pending["id"]!.stringValue!)/verify", token: token).status == .accepted)
+            }
+            #expect(try await service.components.service.catalog.jobCounts() == (pending: 1, running: 0))
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups/backup-nope/verify", token: token).status == .notFound)
+            #expect(try await api.call(.post, "/v1/databases/\(id)/backups/\(pending["id"]!.stringValue!)/verify", token: token, body: #"{"deep":true}"#).errorCode == "unknown_field")
+        }
+    }
+}

@@ -25,6 +25,7 @@ struct IsolationTests {
                 (.get, "/v1/databases/\(db)/backups/\(backup)", nil),
                 (.delete, "/v1/databases/\(db)/backups/\(backup)", nil),
                 (.post, "/v1/databases/\(db)/backups/\(backup)/restore", #"{"target_database_name":"stolen"}"#),
+                (.post, "/v1/databases/\(db)/backups/\(backup)/verify", nil),
                 (.get, "/v1/restores/\(restore)", nil),
             ]
             for (method, uri, body) in routes {
