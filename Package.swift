@@ -10,6 +10,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "cloudheed", targets: ["cloudheed"]),
+        .executable(name: "cloudheed-bench", targets: ["cloudheed-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -90,6 +91,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        // Benchmark driver (bench/run-sqlite.sh): our pipeline, timed in its own process.
+        .executableTarget(
+            name: "cloudheed-bench",
+            dependencies: [
+                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines",
             ],
             swiftSettings: swiftSettings
         ),

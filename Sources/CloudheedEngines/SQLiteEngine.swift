@@ -38,29 +38,50 @@ public struct SQLiteEngine: DatabaseEngine {
     }
 
     public func drop(at location: String) async throws {
-        for suffix in ["", "-wal", "-shm", "-journal"] {
-            try? FileManager.default.removeItem(atPath: location + suffix)
+        Self.removeFiles(location)
+        // Partial files of restore attempts that died before cleaning up after themselves.
+        let directory = (location as NSString).deletingLastPathComponent
+        let prefix = (location as NSString).lastPathComponent + ".restoring-"
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where name.hasPrefix(prefix) {
+            try? FileManager.default.removeItem(atPath: directory + "/" + name)
         }
     }
 
     public func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject {
-        guard FileManager.default.fileExists(atPath: location) else {
-            throw EngineError(code: "database_file_missing", message: "the database file is missing")
-        }
+        try checkOwnFile(location)
         let snapshot = scratchDirectory + "/" + target.backupID + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + ".snapshot"
         defer { Self.removeFiles(snapshot) }
         do {
-            let source = try DatabaseQueue(path: location, configuration: Self.configuration())
-            let destination = try DatabaseQueue(path: snapshot)
             // pagesPerStep -1: the whole copy runs inside one read transaction, so it is one
-            // committed state; in WAL mode writers are not blocked meanwhile.
-            try source.backup(to: destination)
-            try destination.close()
-            try source.close()
+            // committed state; in WAL mode writers are not blocked meanwhile. It is one long
+            // blocking call, so it runs on a thread of its own, not on the shared async pool
+            // where heartbeats and HTTP handlers run.
+            try await onDedicatedThread {
+                let source = try DatabaseQueue(path: location, configuration: Self.configuration())
+                let destination = try DatabaseQueue(path: snapshot)
+                try source.backup(to: destination)
+                try destination.close()
+                try source.close()
+            }
         } catch let error as DatabaseError {
             throw EngineError(code: "snapshot_failed", message: "SQLite could not snapshot the database: \(error.message ?? "\(error.resultCode)")")
         }
         return try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
+    }
+
+    /// The database must be a regular file inside the databases directory: applications write
+    /// these files directly, and a symbolic link swapped in would make the service back up (and
+    /// hand back through a restore) a file that is not the tenant's.
+    func checkOwnFile(_ location: String) throws {
+        var info = stat()
+        guard lstat(location, &info) == 0 else {
+            throw EngineError(code: "database_file_missing", message: "the database file is missing")
+        }
+        let real = URL(fileURLWithPath: location).resolvingSymlinksInPath().path
+        let root = URL(fileURLWithPath: databasesDirectory).resolvingSymlinksInPath().path
+        guard info.st_mode & S_IFMT == S_IFREG, real.hasPrefix(root + "/") else {
+            throw EngineError(code: "database_file_invalid", message: "the database file has been replaced by something other than a regular file")
+        }
     }
 
     /// The page size recorded in an SQLite file's header (big-endian at offset 16; 1 means 65536).
@@ -76,29 +97,36 @@ public struct SQLiteEngine: DatabaseEngine {
     }
 
     public func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws {
-        let fm = FileManager.default
-        // The target belongs to this restore's new database alone; what is there was left by an
-        // earlier attempt of the same restore that died before recording its outcome.
-        Self.removeFiles(location)
-        let partial = location + ".restoring"
-        Self.removeFiles(partial)
+        // Each attempt has its own partial file, so an attempt that lost its lease and fails late
+        // can only ever remove its own work. The final rename replaces whatever an earlier attempt
+        // that died after its rename left at the target (the same backup, so the same bytes).
+        let partial = location + ".restoring-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         do {
             try await repository.restorePages(object, accountID: accountID, toFile: partial)
-            try await Self.check(partial)
+            try await Self.check(partial, expectedSize: object.sizeBytes)
             // A snapshot is written in rollback-journal mode; give applications WAL back, as on a new database.
             try await Self.enableWAL(partial)
-            try fm.moveItem(atPath: partial, toPath: location)
+            guard rename(partial, location) == 0 else {
+                throw EngineError(code: "restore_write_failed", message: "cannot put the restored file in place: errno \(errno)")
+            }
         } catch {
             Self.removeFiles(partial)
             throw error
         }
     }
 
-    /// `PRAGMA integrity_check` must answer exactly "ok".
-    static func check(_ path: String) async throws {
+    /// The file must have the backup's size and `PRAGMA integrity_check` must answer exactly "ok".
+    /// Opened read-only, so a file that vanished is an error, never a new empty database.
+    static func check(_ path: String, expectedSize: Int64) async throws {
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value
+        guard size == expectedSize else {
+            throw EngineError(code: "restore_write_failed", message: "the restored file has \(size.map(String.init) ?? "no") bytes, expected \(expectedSize)")
+        }
         let result: [String]
         do {
-            let queue = try DatabaseQueue(path: path, configuration: configuration())
+            var readOnly = configuration()
+            readOnly.readonly = true
+            let queue = try DatabaseQueue(path: path, configuration: readOnly)
             result = try await queue.read { db in try String.fetchAll(db, sql: "PRAGMA integrity_check") }
             try queue.close()
         } catch let error as DatabaseError {
@@ -123,6 +151,13 @@ public struct SQLiteEngine: DatabaseEngine {
         var configuration = Configuration()
         configuration.busyMode = .timeout(30)
         return configuration
+    }
+
+    /// Runs a long blocking call on its own thread and awaits it.
+    func onDedicatedThread(_ body: @escaping @Sendable () throws -> Void) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            Thread { continuation.resume(with: Result { try body() }) }.start()
+        }
     }
 
     static func removeFiles(_ path: String) {

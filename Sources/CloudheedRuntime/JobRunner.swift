@@ -85,8 +85,9 @@ public struct JobRunner: Sendable {
         while true {
             do { try await Task.sleep(for: interval) } catch { return nil }
             do {
-                let until = service.clock.now().addingTimeInterval(settings.leaseDuration.seconds)
-                if try await !catalog.renewLease(jobID: job.id, leaseToken: job.leaseToken, until: until) { return .leaseLost }
+                if try await !catalog.renewLease(jobID: job.id, leaseToken: job.leaseToken, clock: service.clock, duration: settings.leaseDuration) {
+                    return .leaseLost
+                }
             } catch {
                 // The catalog may be briefly unreachable; the lease has slack for two more tries.
                 logger.warning("lease renewal failed", metadata: ["error": "\(error)"])
@@ -153,17 +154,13 @@ public struct JobRunner: Sendable {
         }
         guard let target = try await catalog.database(id: restore.targetDatabaseID) else { throw DomainError.databaseNotFound }
         let engine = try service.engines.engine(target.engine)
-        do {
-            guard let backup = try await catalog.backup(id: restore.backupID), let object = backup.object, backup.status == .completed else {
-                throw DomainError(.conflict, code: "backup_not_found", message: "the backup being restored no longer exists")
-            }
-            try await engine.restore(object, from: service.repository, accountID: restore.accountID, to: target.location)
-            return .restoreCompleted
-        } catch {
-            // Nothing half-restored stays behind.
-            try? await engine.drop(at: target.location)
-            throw error
+        guard let backup = try await catalog.backup(id: restore.backupID), let object = backup.object, backup.status == .completed else {
+            throw DomainError(.conflict, code: "backup_not_found", message: "the backup being restored no longer exists")
         }
+        // The engine leaves nothing at the target when it fails; the runner must not delete the
+        // target itself: an attempt that lost its lease would delete the winner's database.
+        try await engine.restore(object, from: service.repository, accountID: restore.accountID, to: target.location)
+        return .restoreCompleted
     }
 }
 

@@ -50,7 +50,7 @@ public struct Scheduler: Sendable {
             name: BackupName.automatic(day: day), type: .automatic, status: .pending, engine: database.engine,
             createdAt: now, expiresAt: now.addingTimeInterval(database.tier.retention.seconds), scheduledDay: day)
         let inserted = try await service.catalog.enqueueAutomaticBackup(
-            backup, jobID: service.ids.make(.job), nextBackupAt: occurrence.addingTimeInterval(86_400), now: now)
+            backup, jobID: service.ids.make(.job), nextBackupAt: occurrence.addingTimeInterval(86_400), now: now, basedOn: database)
         if inserted {
             logger.info("automatic backup scheduled", metadata: ["database.id": "\(database.id)", "backup.id": "\(backup.id)", "backup.day": "\(day)"])
         }

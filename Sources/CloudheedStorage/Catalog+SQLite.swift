@@ -289,8 +289,11 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    public func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date) async throws -> Bool {
+    public func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date, basedOn: ManagedDatabase) async throws -> Bool {
         try await pool.write { db in
+            guard let current = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [backup.databaseID]).map(Self.database),
+                  current.tier == basedOn.tier, current.backupWindow == basedOn.backupWindow, current.nextBackupAt == basedOn.nextBackupAt
+            else { return false }
             let exists = try Bool.fetchOne(
                 db, sql: "SELECT 1 FROM backups WHERE database_id = ? AND scheduled_day = ?",
                 arguments: [backup.databaseID, backup.scheduledDay]) != nil
@@ -519,8 +522,9 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
-    public func renewLease(jobID: String, leaseToken: String, until: Date) async throws -> Bool {
+    public func renewLease(jobID: String, leaseToken: String, clock: any WallClock, duration: Duration) async throws -> Bool {
         try await pool.write { db in
+            let until = clock.now().addingTimeInterval(duration.seconds)
             try db.execute(
                 sql: "UPDATE jobs SET lease_expires_at = ? WHERE id = ? AND lease_token = ? AND status = 'running'",
                 arguments: [ms(until), jobID, leaseToken])

@@ -252,9 +252,17 @@ extension SQLiteCatalog: RepositoryIndex {
 
     // MARK: Garbage collection
 
+    /// The cutoff, moved back to the start of the oldest backup still running: what a running
+    /// backup has stored is referenced only once it records its manifest, however long it takes.
+    static func protectedCutoff(_ cutoff: Date, _ db: GRDB.Database) throws -> Int64 {
+        let oldestRunning = try Int64.fetchOne(db, sql: "SELECT MIN(started_at) FROM backups WHERE status = 'in_progress'")
+        return min(ms(cutoff), oldestRunning ?? Int64.max)
+    }
+
     public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {
         try await pool.write { db in
-            let ids = try String.fetchAll(db, sql: "SELECT id FROM layers WHERE refs <= 0 AND created_at < ?", arguments: [ms(createdBefore)])
+            let ids = try String.fetchAll(
+                db, sql: "SELECT id FROM layers WHERE refs <= 0 AND created_at < ?", arguments: [try Self.protectedCutoff(createdBefore, db)])
             for id in ids {
                 let parent = try String.fetchOne(db, sql: "SELECT parent_id FROM layers WHERE id = ?", arguments: [id])
                 try Self.dropLayer(id, now: now, grace: grace, db)
@@ -271,7 +279,7 @@ extension SQLiteCatalog: RepositoryIndex {
                     DELETE FROM chunks WHERE created_at < ?
                       AND NOT EXISTS (SELECT 1 FROM layer_chunks lc WHERE lc.account_id = chunks.account_id AND lc.chunk_id = chunks.id)
                     """,
-                arguments: [ms(createdBefore)])
+                arguments: [try Self.protectedCutoff(createdBefore, db)])
             return db.changesCount
         }
     }

@@ -79,7 +79,9 @@ public protocol Catalog: Sendable {
     func enqueueManualBackup(_ backup: Backup, jobID: String, now: Date) async throws
     /// Inserts the automatic backup of `backup.scheduledDay` unless the database already has one
     /// for that day, and moves the database's next due occurrence; returns whether it inserted.
-    func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date) async throws -> Bool
+    /// Does nothing if the database's tier, window or due time changed since `basedOn` was read
+    /// (a concurrent PATCH): the next tick decides again with the new values.
+    func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date, basedOn: ManagedDatabase) async throws -> Bool
     func backups(databaseID: String, accountID: String, type: BackupType?, status: BackupStatus?) async throws -> [Backup]
     func backup(id: String, databaseID: String, accountID: String) async throws -> Backup?
     func backup(id: String) async throws -> Backup?
@@ -111,8 +113,9 @@ public protocol Catalog: Sendable {
     /// Claims the oldest runnable job: pending, or running under an expired lease (its worker died).
     /// A job whose lease expired after `maxAttempts` attempts is failed instead, with its subject.
     func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob?
-    /// Extends the lease; false when the lease is no longer ours.
-    func renewLease(jobID: String, leaseToken: String, until: Date) async throws -> Bool
+    /// Extends the lease to `duration` from the moment the catalog applies it (not from when the
+    /// call was made, which may be long before under a busy writer); false when it is no longer ours.
+    func renewLease(jobID: String, leaseToken: String, clock: any WallClock, duration: Duration) async throws -> Bool
     /// Records the outcome on the subject and removes the job, if the lease is still ours.
     func finishJob(_ job: ClaimedJob, outcome: JobOutcome, at: Date) async throws -> JobFinish
     /// Gives a job back (graceful shutdown): pending again, the attempt not counted.

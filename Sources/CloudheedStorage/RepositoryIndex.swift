@@ -9,6 +9,14 @@ public struct ChunkLocation: Sendable, Equatable {
     public var length: Int
     /// The chunk's share of its pack's stored (compressed, encrypted) size.
     public var storedLength: Int
+
+    public init(id: ChunkID, packID: String, offset: Int, length: Int, storedLength: Int) {
+        self.id = id
+        self.packID = packID
+        self.offset = offset
+        self.length = length
+        self.storedLength = storedLength
+    }
 }
 
 public struct PackRecord: Sendable, Equatable {
@@ -18,6 +26,14 @@ public struct PackRecord: Sendable, Equatable {
     public var plainSize: Int
     public var createdAt: Date
     public var objectKey: String { "packs/\(id)" }
+
+    public init(id: String, accountID: String, storedSize: Int, plainSize: Int, createdAt: Date) {
+        self.id = id
+        self.accountID = accountID
+        self.storedSize = storedSize
+        self.plainSize = plainSize
+        self.createdAt = createdAt
+    }
 }
 
 /// A manifest layer: a backup's chunk list, stored whole or as the changes against its parent.
@@ -74,6 +90,8 @@ public protocol RepositoryIndex: AccountKeyStore {
 
     // MARK: Garbage collection (each step safe to interrupt and to run on several nodes)
     /// Drops layers no backup and no child refers to, older than `before` (abandoned attempts).
+    /// Neither this nor `deleteUnreferencedChunks` touches anything stored since the oldest
+    /// running backup started.
     func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int
     /// Deletes chunk rows no layer refers to, created before `before`; returns how many.
     func deleteUnreferencedChunks(createdBefore: Date) async throws -> Int

@@ -142,6 +142,59 @@ struct SQLiteEngineTests {
         #expect(try FileManager.default.contentsOfDirectory(atPath: f.directory + "/databases").isEmpty)
     }
 
+    @Test("A restore attempt that fails late (its lease lost) leaves a completed attempt's database alone")
+    func staleAttemptHarmless() async throws {
+        let f = try await EngineFixture()
+        defer { f.cleanup() }
+        let source = f.engine.location(forDatabaseID: "db-src")
+        try await f.engine.create(at: source)
+        let queue = try DatabaseQueue(path: source)
+        try await queue.write { db in try db.execute(sql: "CREATE TABLE t (x); INSERT INTO t VALUES (1), (2)") }
+        try queue.close()
+        let good = try await f.engine.backup(at: source, into: f.repository, target: f.target("backup-good"))
+        let target = f.engine.location(forDatabaseID: "db-target")
+        // Attempt B completes.
+        try await f.engine.restore(good, from: f.repository, accountID: "acct-engine", to: target)
+        // Attempt A, running late, fails (here: a manifest that does not exist).
+        var bogus = good
+        bogus.key = "mfdoesnotexist"
+        await #expect(throws: RepositoryError.self) { try await f.engine.restore(bogus, from: f.repository, accountID: "acct-engine", to: target) }
+        let restored = try DatabaseQueue(path: target)
+        #expect(try await restored.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM t") } == 2)
+        try restored.close()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.directory + "/databases").filter { $0.contains(".restoring") }.isEmpty)
+    }
+
+    @Test("A database file replaced by a symbolic link is refused, not followed")
+    func symlinkRefused() async throws {
+        let f = try await EngineFixture()
+        defer { f.cleanup() }
+        let path = f.engine.location(forDatabaseID: "db-link")
+        try await f.engine.create(at: path)
+        try await f.engine.drop(at: path)
+        let elsewhere = f.directory + "/secret.sqlite3"
+        try await f.engine.create(at: elsewhere)
+        try FileManager.default.createSymbolicLink(atPath: path, withDestinationPath: elsewhere)
+        do {
+            _ = try await f.engine.backup(at: path, into: f.repository, target: f.target("backup-link"))
+            Issue.record("a symbolic link was backed up")
+        } catch let error as EngineError {
+            #expect(error.code == "database_file_invalid")
+        }
+    }
+
+    @Test("Dropping a database removes partial files restore attempts left behind")
+    func dropRemovesPartials() async throws {
+        let f = try await EngineFixture()
+        defer { f.cleanup() }
+        let path = f.engine.location(forDatabaseID: "db-partial")
+        for name in [path + ".restoring-abc", path + ".restoring-def"] { #expect(FileManager.default.createFile(atPath: name, contents: Data([1]))) }
+        let neighbour = f.engine.location(forDatabaseID: "db-partial2") + ".restoring-x"
+        #expect(FileManager.default.createFile(atPath: neighbour, contents: Data([1])))
+        try await f.engine.drop(at: path)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: f.directory + "/databases") == [URL(fileURLWithPath: neighbour).lastPathComponent])
+    }
+
     @Test("Backing up a missing database fails with database_file_missing and creates nothing")
     func missingSource() async throws {
         let f = try await EngineFixture()

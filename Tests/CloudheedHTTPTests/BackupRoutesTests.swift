@@ -88,7 +88,7 @@ struct BackupRoutesTests {
         }
     }
 
-    @Test("Only finished manual backups can be deleted: automatic 403, running 409, deleted data removed")
+    @Test("Only finished manual backups can be deleted: automatic 403, pending or running 409, deleted data removed")
     func deleteRules() async throws {
         let service = try TestService()
         try await service.withClient { api in
@@ -104,9 +104,17 @@ struct BackupRoutesTests {
             #expect(try await api.call(.get, "/v1/databases/\(id)/backups/\(automatic["id"]!.stringValue!)", token: token).status == .ok)
 
             let running = try await api.call(.post, "/v1/databases/\(id)/backups", token: token)
+            let pendingDelete = try await api.call(.delete, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token)
+            #expect(pendingDelete.status == .conflict)
+            #expect(pendingDelete.errorCode == "backup_in_progress")
+            // Claimed by a worker: in progress.
+            let claimed = try #require(try await service.components.service.catalog.claimJob(
+                leaseToken: "held", now: service.clock.now(), leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(try await api.call(.get, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token)["status"]?.stringValue == "in_progress")
             let runningDelete = try await api.call(.delete, "/v1/databases/\(id)/backups/\(running["id"]!.stringValue!)", token: token)
             #expect(runningDelete.status == .conflict)
             #expect(runningDelete.errorCode == "backup_in_progress")
+            try await service.components.service.catalog.releaseJob(claimed)
             try await service.runJobs()
 
             let manifestsBefore = repositoryObjects(service, "manifests").count

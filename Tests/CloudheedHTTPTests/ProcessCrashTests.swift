@@ -139,10 +139,14 @@ struct ProcessCrashTests {
             let queue = try DatabaseQueue(path: path)
             #expect(try await queue.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM items") } == rows)
             try queue.close()
-            // What the killed attempt left half-written is gone.
-            #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/repository/.incoming").isEmpty)
+            // The killed attempt's scratch snapshot is gone.
+            #expect(try FileManager.default.contentsOfDirectory(atPath: directory + "/tmp").isEmpty)
         }
         // SIGTERM is a graceful shutdown.
         #expect(second.terminationStatus == TerminationStatus.exited(0))
+        // Every completed backup verifies, chunk by chunk, after the crash.
+        let verified = try await runCloudheed(["verify", "--data-dir", directory])
+        #expect(verified.status == TerminationStatus.exited(0), "\(verified.output)")
+        #expect(verified.output.contains("0 corrupt"))
     }
 }

@@ -52,7 +52,7 @@ struct RecoveryTests {
         #expect(try await f.service.catalog.restore(id: restore.id)?.status == .completed)
     }
 
-    @Test("A restore whose worker keeps dying ends failed with worker_lost, its new database failed, nothing left on disk")
+    @Test("A restore whose worker keeps dying ends failed with worker_lost, its new database failed; deleting it leaves nothing on disk")
     func restoreGivenUp() async throws {
         let f = try RuntimeFixture(start: utc("2026-03-17T10:00:00Z"), settings: RuntimeSettings(workers: 1, leaseDuration: .seconds(10), maxAttempts: 2))
         defer { f.cleanup() }
@@ -62,6 +62,8 @@ struct RecoveryTests {
         let (restore, target) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: nil)
         for attempt in 1...2 {
             _ = try #require(try await f.service.catalog.claimJob(leaseToken: "dead\(attempt)", now: f.clock.now(), leaseDuration: .seconds(10), maxAttempts: 2))
+            // Each dead attempt had begun writing its partial file.
+            FileManager.default.createFile(atPath: target.location + ".restoring-dead\(attempt)", contents: Data(repeating: 1, count: 4096))
             f.clock.advance(by: 11)
         }
         #expect(try await f.runner.runNextJob() == false)
@@ -70,6 +72,11 @@ struct RecoveryTests {
         #expect(failed.error?.code == "worker_lost")
         #expect(try await f.service.catalog.database(id: target.id)?.status == .failed)
         #expect(!FileManager.default.fileExists(atPath: target.location))
+        // Deleting the failed database removes what the dead attempts left.
+        try await f.service.deleteDatabase(accountID: target.accountID, id: target.id, logger: f.logger)
+        let leftovers = try FileManager.default.contentsOfDirectory(atPath: (target.location as NSString).deletingLastPathComponent)
+            .filter { $0.hasPrefix(target.id) }
+        #expect(leftovers.isEmpty, "\(leftovers)")
     }
 
     @Test("At most `workers` jobs run at once; the rest wait as pending, and all complete")

@@ -60,7 +60,8 @@ struct Fixture {
             id: next("backup"), accountID: database.accountID, databaseID: database.id, name: "automatic-\(dayName)",
             type: .automatic, status: .pending, engine: .sqlite, createdAt: at,
             expiresAt: at.addingTimeInterval(database.tier.retention.seconds), scheduledDay: dayName)
-        let inserted = try await catalog.enqueueAutomaticBackup(backup, jobID: next("job"), nextBackupAt: at.addingTimeInterval(day), now: at)
+        let current = try #require(try await catalog.database(id: database.id))
+        let inserted = try await catalog.enqueueAutomaticBackup(backup, jobID: next("job"), nextBackupAt: at.addingTimeInterval(day), now: at, basedOn: current)
         return (backup, inserted)
     }
 
@@ -191,14 +192,14 @@ struct CatalogContractTests {
             #expect(first.subjectID == backup.id && first.attempt == 1)
             #expect(try await f.catalog.backup(id: backup.id)?.status == .inProgress)
             #expect(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(59), leaseDuration: .seconds(60), maxAttempts: 3) == nil)
-            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", until: t0.addingTimeInterval(90)))
+            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", clock: ManualWallClock(t0.addingTimeInterval(30)), duration: .seconds(60)))
             #expect(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(89), leaseDuration: .seconds(60), maxAttempts: 3) == nil)
 
             // The first worker dies; its lease runs out.
             let second = try #require(try await f.catalog.claimJob(leaseToken: "lease-b", now: t0.addingTimeInterval(91), leaseDuration: .seconds(60), maxAttempts: 3))
             #expect(second.id == first.id && second.attempt == 2)
             #expect(try await f.catalog.jobCounts() == (pending: 0, running: 1))
-            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", until: t0.addingTimeInterval(200)) == false)
+            #expect(try await f.catalog.renewLease(jobID: first.id, leaseToken: "lease-a", clock: ManualWallClock(t0.addingTimeInterval(100)), duration: .seconds(60)) == false)
             let stale = try await f.layer(accountID: account.id, size: 1)
             #expect(try await f.catalog.finishJob(first, outcome: .backupCompleted(stale), at: t0) == .leaseLost)
             let object = try await f.layer(accountID: account.id, size: 7)
@@ -355,6 +356,42 @@ struct CatalogContractTests {
             try await attempt(name: "copy")
             #expect(try await f.catalog.databases(accountID: account.id, includeDeleted: true).count == 2)
         }
+    }
+}
+
+@Suite("Catalog contract: races")
+struct CatalogRaceContractTests {
+    @Test("An automatic backup planned from a database read before a PATCH is not recorded", arguments: CatalogFactory.all)
+    func staleScheduling(_ factory: CatalogFactory) async throws {
+        let (catalog, cleanup) = try await factory.make()
+        defer { cleanup() }
+        var f = Fixture(catalog: catalog)
+        let account = try await f.account()
+        let database = try await f.database(account, tier: .large)
+        let stale = try #require(try await catalog.database(id: database.id))
+        _ = try await catalog.updateDatabase(id: database.id, accountID: account.id, changes: DatabaseChanges(tier: .free))
+        let backup = Backup(id: "backup-stale", accountID: account.id, databaseID: database.id, name: "a", type: .automatic, status: .pending,
+                            engine: .sqlite, createdAt: t0, expiresAt: t0.addingTimeInterval(30 * day), scheduledDay: "2026-03-17")
+        #expect(try await catalog.enqueueAutomaticBackup(backup, jobID: "job-stale", nextBackupAt: t0.addingTimeInterval(day), now: t0, basedOn: stale) == false)
+        #expect(try await catalog.backup(id: "backup-stale") == nil)
+        #expect(try await catalog.database(id: database.id)?.nextBackupAt == stale.nextBackupAt)
+    }
+
+    @Test("GC keeps unreferenced chunks stored since the oldest running backup started, whatever the cutoff", arguments: CatalogFactory.all)
+    func runningBackupProtectsItsChunks(_ factory: CatalogFactory) async throws {
+        let (catalog, cleanup) = try await factory.make()
+        defer { cleanup() }
+        var f = Fixture(catalog: catalog)
+        let account = try await f.account()
+        _ = try await f.manualBackup(try await f.database(account))
+        _ = try #require(try await catalog.claimJob(leaseToken: "l", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+        // Hours into the backup, a pack of its chunks is recorded but not referenced yet.
+        let stored = t0.addingTimeInterval(7200)
+        let id = ChunkID(bytes: [UInt8](repeating: 7, count: 32))
+        try await catalog.insertPack(PackRecord(id: "pack1", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: stored),
+                                     chunks: [ChunkLocation(id: id, packID: "pack1", offset: 8, length: 2, storedLength: 2)])
+        #expect(try await catalog.deleteUnreferencedChunks(createdBefore: stored.addingTimeInterval(86_400)) == 0)
+        #expect(try await catalog.existingChunks(accountID: account.id, ids: [id]) == [id])
     }
 }
 
