@@ -48,9 +48,15 @@ public struct SQLiteEngine: DatabaseEngine {
     }
 
     public func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject {
-        try checkOwnFile(location)
         let snapshot = scratchDirectory + "/" + target.backupID + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + ".snapshot"
         defer { Self.removeFiles(snapshot) }
+        try await self.snapshot(at: location, to: snapshot)
+        return try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
+    }
+
+    /// A consistent copy of the live database at `snapshot` (a scratch file, so not synced).
+    public func snapshot(at location: String, to snapshot: String) async throws {
+        try checkOwnFile(location)
         do {
             // pagesPerStep -1: the whole copy runs inside one read transaction, so it is one
             // committed state; in WAL mode writers are not blocked meanwhile. It is one long
@@ -58,7 +64,9 @@ public struct SQLiteEngine: DatabaseEngine {
             // where heartbeats and HTTP handlers run.
             try await onDedicatedThread {
                 let source = try DatabaseQueue(path: location, configuration: Self.configuration())
-                let destination = try DatabaseQueue(path: snapshot)
+                var scratch = Configuration()
+                scratch.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = OFF; PRAGMA journal_mode = OFF") }
+                let destination = try DatabaseQueue(path: snapshot, configuration: scratch)
                 try source.backup(to: destination)
                 try destination.close()
                 try source.close()
@@ -66,7 +74,6 @@ public struct SQLiteEngine: DatabaseEngine {
         } catch let error as DatabaseError {
             throw EngineError(code: "snapshot_failed", message: "SQLite could not snapshot the database: \(error.message ?? "\(error.resultCode)")")
         }
-        return try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
     }
 
     /// The database must be a regular file inside the databases directory: applications write
@@ -85,7 +92,7 @@ public struct SQLiteEngine: DatabaseEngine {
     }
 
     /// The page size recorded in an SQLite file's header (big-endian at offset 16; 1 means 65536).
-    static func pageSize(ofFile path: String) throws -> Int {
+    public static func pageSize(ofFile path: String) throws -> Int {
         guard let handle = FileHandle(forReadingAtPath: path), let header = try handle.read(upToCount: 100), header.count == 100 else {
             throw EngineError(code: "snapshot_failed", message: "the snapshot has no SQLite header")
         }

@@ -39,7 +39,7 @@ public enum MasterKeySource: Sendable {
     case dataDirectory
 
     /// The key, and the path of a key file it just generated (which the operator must back up).
-    public func load(dataDirectory: String) throws -> (MasterKey, generated: String?) {
+    public func load(dataDirectory: String) async throws -> (MasterKey, generated: String?) {
         switch self {
         case .hex(let hex):
             return (try MasterKey(hex: hex), nil)
@@ -48,7 +48,8 @@ public enum MasterKeySource: Sendable {
             return (try data.count == 32 ? MasterKey(bytes: [UInt8](data)) : MasterKey(hex: String(decoding: data, as: UTF8.self)), nil)
         case .dataDirectory:
             let path = dataDirectory + "/master-key"
-            if FileManager.default.fileExists(atPath: path) { return (try MasterKeySource.file(path).load(dataDirectory: dataDirectory).0, nil) }
+            try await completeInterruptedRotation(dataDirectory: dataDirectory)
+            if FileManager.default.fileExists(atPath: path) { return (try await MasterKeySource.file(path).load(dataDirectory: dataDirectory).0, nil) }
             try FileManager.default.createDirectory(atPath: dataDirectory, withIntermediateDirectories: true)
             let (key, hex) = MasterKey.generate()
             try writeSecret(hex + "\n", to: path)
@@ -109,6 +110,19 @@ public struct Components: Sendable {
     }
 }
 
+/// `cloudheed keys rotate` writes the new key to `<data-dir>/master-key.next`, re-wraps the data
+/// keys, then renames it over `master-key`. If it died in between, this finishes the job: every
+/// data key is re-wrapped under the new key from whichever of the two opens it (idempotent), and
+/// the new key takes the old one's place.
+public func completeInterruptedRotation(dataDirectory: String) async throws {
+    let current = dataDirectory + "/master-key", next = current + ".next"
+    guard FileManager.default.fileExists(atPath: next), FileManager.default.fileExists(atPath: dataDirectory + "/catalog.sqlite3") else { return }
+    let old = try await MasterKeySource.file(current).load(dataDirectory: dataDirectory).0
+    let new = try await MasterKeySource.file(next).load(dataDirectory: dataDirectory).0
+    _ = try await KeyRing.rotate(store: try SQLiteCatalog(path: dataDirectory + "/catalog.sqlite3"), fromAnyOf: [old, new], to: new)
+    guard rename(next, current) == 0 else { throw KeyError("cannot move \(next) to \(current): errno \(errno)") }
+}
+
 /// Reads the admin token from `<data-dir>/admin-token`, creating it (mode 0600) on first start.
 /// Returns the token and whether it was just generated, so the caller can show it once.
 public func loadOrCreateAdminToken(dataDirectory: String, ids: any IDGenerator = SecureIDGenerator()) throws -> (token: String, generated: Bool) {
@@ -140,7 +154,9 @@ func writeSecret(_ text: String, to path: String) throws {
 public func buildApplication(
     _ configuration: ServeConfiguration, clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(),
     logger: Logger, announce: @escaping @Sendable (String) -> Void = { print($0) }
-) throws -> some ApplicationProtocol {
+) async throws -> some ApplicationProtocol {
+    // Held for the life of the process; the kernel releases it if the process dies.
+    let lock = try DataDirectoryLock(directory: configuration.dataDirectory)
     let adminToken: String
     if let configured = configuration.adminToken, !configured.isEmpty {
         adminToken = configured
@@ -152,7 +168,7 @@ public func buildApplication(
         }
         adminToken = token
     }
-    let (masterKey, generatedKey) = try configuration.masterKey.load(dataDirectory: configuration.dataDirectory)
+    let (masterKey, generatedKey) = try await configuration.masterKey.load(dataDirectory: configuration.dataDirectory)
     if let generatedKey {
         // Without this key no backup can ever be read again.
         let warning = "WARNING: generated a new master key at \(generatedKey). Back it up somewhere safe: every backup is encrypted under it, and without it none can be restored."
@@ -168,6 +184,7 @@ public func buildApplication(
         scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval, logger: logger)
     return Application(
         router: components.buildRouter(),
+        onServerRunning: { _ in withExtendedLifetime(lock) {} },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloudheed"),
         services: [workers, scheduler],
         logger: logger)

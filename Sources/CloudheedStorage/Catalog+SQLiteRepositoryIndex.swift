@@ -178,11 +178,11 @@ extension SQLiteCatalog: RepositoryIndex {
 
     // MARK: Layers
 
-    public func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID]) async throws {
+    public func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID], reused: [ChunkID]) async throws {
         try await pool.write { db in
             let check = try db.makeStatement(sql: "SELECT 1 FROM chunks WHERE account_id = ? AND id = ?")
             var missing = 0
-            for id in chunkIDs where try Bool.fetchOne(check, arguments: [layer.accountID, Data(id.bytes)]) == nil { missing += 1 }
+            for id in reused where try Bool.fetchOne(check, arguments: [layer.accountID, Data(id.bytes)]) == nil { missing += 1 }
             guard missing == 0 else {
                 throw RepositoryError(.chunksCollected, "\(missing) chunks this backup reuses were garbage-collected while it ran")
             }

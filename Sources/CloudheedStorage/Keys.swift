@@ -142,8 +142,19 @@ public final class KeyRing: Sendable {
     /// Re-wraps every data key under `newMaster` without touching any chunk. Returns how many.
     /// Stop the service first: a running one still holds the old master key.
     public static func rotate(store: any AccountKeyStore, from old: MasterKey, to new: MasterKey) async throws -> Int {
+        try await rotate(store: store, fromAnyOf: [old], to: new)
+    }
+
+    /// Re-wraps under `new` whatever any of `candidates` opens. With the old and the new key as
+    /// candidates this is idempotent, which is how an interrupted rotation is completed.
+    public static func rotate(store: any AccountKeyStore, fromAnyOf candidates: [MasterKey], to new: MasterKey) async throws -> Int {
         try await store.rewrapAllDataKeys { accountID, wrapped in
-            try new.wrap(try old.unwrap(wrapped, accountID: accountID), accountID: accountID)
+            for candidate in candidates {
+                if let dataKey = try? candidate.unwrap(wrapped, accountID: accountID) {
+                    return try new.wrap(dataKey, accountID: accountID)
+                }
+            }
+            throw KeyError("no given master key opens the data key of account \(accountID)")
         }
     }
 }

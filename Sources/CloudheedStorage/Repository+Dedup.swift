@@ -187,7 +187,7 @@ public struct DedupRepository: BackupRepository {
             layer = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize), entries: .pages(map), metadata: [:])
             storedBytes = try await totalStoredLength(Array(Set(map)), state: state, accountID: target.accountID)
         }
-        return try await writeLayer(layer, parent: parentLayer, depth: depth, storedBytes: storedBytes, accountID: target.accountID, keys: keys)
+        return try await writeLayer(layer, parent: parentLayer, depth: depth, storedBytes: storedBytes, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
     }
 
     /// HMAC of every page of a batch, spread over the cores.
@@ -247,7 +247,7 @@ public struct DedupRepository: BackupRepository {
         return max(0, parent.storedBytes + gained - lost)
     }
 
-    func writeLayer(_ layer: ManifestLayer, parent: LayerRecord?, depth: Int, storedBytes: Int64, accountID: String, keys: AccountKeys) async throws -> StoredObject {
+    func writeLayer(_ layer: ManifestLayer, parent: LayerRecord?, depth: Int, storedBytes: Int64, storedThisRun: Set<ChunkID>, accountID: String, keys: AccountKeys) async throws -> StoredObject {
         let layerID = "mf" + ids.randomString(count: 22)
         let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: compression, compressor: ZstdCompressor())
         let checksum = Array(SHA256.hash(data: sealed)).hex
@@ -255,7 +255,8 @@ public struct DedupRepository: BackupRepository {
             id: layerID, accountID: accountID, parentID: parent?.id, depth: depth, kind: layer.kind, pageSize: layer.pageSize,
             entryCount: layer.totalCount, logicalSize: layer.logicalSize, storedBytes: storedBytes, objectChecksum: checksum, createdAt: clock.now())
         try await blobs.put(record.objectKey, sealed)
-        try await index.insertLayer(record, chunkIDs: layer.chunkIDs)
+        let chunkIDs = layer.chunkIDs
+        try await index.insertLayer(record, chunkIDs: chunkIDs, reused: chunkIDs.filter { !storedThisRun.contains($0) })
         return StoredObject(key: layerID, sizeBytes: layer.logicalSize, checksum: checksum, storedBytes: storedBytes)
     }
 
@@ -303,7 +304,7 @@ public struct DedupRepository: BackupRepository {
         }
         let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
         let stored = try await totalStoredLength(Array(Set(entries.map(\.id))), state: state, accountID: target.accountID)
-        return try await writeLayer(layer, parent: nil, depth: 0, storedBytes: stored, accountID: target.accountID, keys: keys)
+        return try await writeLayer(layer, parent: nil, depth: 0, storedBytes: stored, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
     }
 
     // MARK: Reading manifests

@@ -80,10 +80,12 @@ public protocol RepositoryIndex: AccountKeyStore {
     /// Records a pack written to storage and the chunks in it.
     func insertPack(_ pack: PackRecord, chunks: [ChunkLocation]) async throws
     func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation]
-    /// Records a layer and the chunks it adds, after checking in the same transaction that each
-    /// still exists (GC may have removed an unreferenced one meanwhile); throws
-    /// `RepositoryError(.chunksCollected)` if not. The parent gains a reference.
-    func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID]) async throws
+    /// Records a layer and the chunks it refers to, after checking in the same transaction that
+    /// each `reused` chunk (one that existed before this backup started) still exists: GC may have
+    /// removed it meanwhile, and then this throws `RepositoryError(.chunksCollected)`. Chunks the
+    /// backup stored itself need no check: GC never collects what a running backup stored.
+    /// The parent gains a reference.
+    func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID], reused: [ChunkID]) async throws
     func layer(id: String) async throws -> LayerRecord?
     /// Bytes that deleting the backup whose top layer this is would free.
     func uniqueBytes(layerID: String) async throws -> Int64

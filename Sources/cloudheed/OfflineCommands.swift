@@ -93,6 +93,8 @@ struct Keys: AsyncParsableCommand {
         var newMasterKeyFile: String
 
         func run() async throws {
+            let lock = try DataDirectoryLock(directory: options.directory)
+            defer { withExtendedLifetime(lock) {} }
             let catalog = try options.catalog()
             let (old, source) = try options.masterKey()
             let new: MasterKey
@@ -104,10 +106,22 @@ struct Keys: AsyncParsableCommand {
                 print("Generated a new master key in \(newMasterKeyFile). Back it up.")
                 new = generated
             }
-            let count = try await KeyRing.rotate(store: catalog, from: old, to: new)
+            let replacesDefault = source == options.directory + "/master-key"
+            // Crash-safe order for the default key file: the new key is on disk before any data
+            // key is re-wrapped under it; a restart finishes an interrupted rotation.
+            let pending = options.directory + "/master-key.next"
+            if replacesDefault { try writeKeyFile(try keyFileHex(newMasterKeyFile), to: pending) }
+            let count: Int
+            do {
+                count = try await KeyRing.rotate(store: catalog, from: old, to: new)
+            } catch {
+                // Nothing was re-wrapped (one transaction): the pending key must not be completed later.
+                if replacesDefault { unlink(pending) }
+                throw error
+            }
             print("Re-wrapped the data keys of \(count) accounts.")
-            if source == options.directory + "/master-key" {
-                try writeKeyFile(try keyFileHex(newMasterKeyFile), to: source)
+            if replacesDefault {
+                guard rename(pending, source) == 0 else { throw ValidationError("cannot move \(pending) to \(source)") }
                 print("Replaced \(source) with the new key.")
             } else {
                 print("Start the service with the new key (--master-key-file \(newMasterKeyFile)).")

@@ -90,7 +90,7 @@ struct Serve: AsyncParsableCommand {
             settings: settings,
             adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true),
             masterKey: masterKey, compression: compression)
-        let app = try buildApplication(serve, logger: logger) { message in
+        let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))
         }

@@ -1,4 +1,5 @@
 import CloudheedDomain
+import CloudheedStorage
 import Foundation
 import GRDB
 import Subprocess
@@ -40,6 +41,10 @@ struct OfflineCommandTests {
                 _ = try await api.poll("/v1/databases/\(id)/backups/\(backup)", token: token) { $0["status"]?.stringValue == "completed" }
                 backups.append(backup)
             }
+            // Key rotation refuses to run beside the service.
+            let refused = try await runCloudheed(["keys", "rotate", "--data-dir", directory, "--new-master-key-file", directory + "/refused-key"])
+            #expect(refused.status != .exited(0))
+            #expect(refused.output.contains("another cloudheed process"))
             return backups
         }
         let backups = served.closureResult
@@ -73,5 +78,41 @@ struct OfflineCommandTests {
         #expect(stale.status == .exited(1))
         #expect(stale.output.contains("master key"))
         #expect(try await runCloudheed(["verify", "--data-dir", directory + "/nowhere"]).status != .exited(0))
+    }
+
+    @Test("A rotation interrupted after re-wrapping is completed by the next start; every backup stays readable")
+    func interruptedRotation() async throws {
+        let directory = NSTemporaryDirectory() + "cloudheed-rotation-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try freeLoopbackPort()
+        let api = LiveAPI(base: "http://127.0.0.1:\(port)")
+        let admin = "rotation-test-admin"
+        let arguments: Arguments = ["serve", "--data-dir", directory, "--port", "\(port)", "--log-level", "error"]
+        let environment = Environment.inherit.updating(["CLOUDHEED_ADMIN_TOKEN": admin, "CLOUDHEED_MASTER_KEY": nil])
+        _ = try await Subprocess.run(.path(FilePath(try cloudheedBinary())), arguments: arguments, environment: environment, input: .none, output: .discarded, error: .discarded) { execution in
+            defer { try? execution.send(signal: .terminate) }
+            try await api.waitUntilHealthy()
+            let token = try #require(try await api.call(.POST, "/v1/accounts", token: admin, body: #"{"name":"r"}"#).1?["token"]?.stringValue)
+            let id = try #require(try await api.call(.POST, "/v1/databases", token: token, body: #"{"name":"d","tier":"free"}"#).1?["id"]?.stringValue)
+            let backup = try #require(try await api.call(.POST, "/v1/databases/\(id)/backups", token: token).1?["id"]?.stringValue)
+            _ = try await api.poll("/v1/databases/\(id)/backups/\(backup)", token: token) { $0["status"]?.stringValue == "completed" }
+        }
+        // The rotation died after its transaction: keys re-wrapped, master-key not yet replaced.
+        let (new, hex) = MasterKey.generate()
+        try (hex + "\n").write(toFile: directory + "/master-key.next", atomically: true, encoding: .utf8)
+        let old = try MasterKey(hex: try String(contentsOfFile: directory + "/master-key", encoding: .utf8))
+        #expect(try await KeyRing.rotate(store: try SQLiteCatalog(path: directory + "/catalog.sqlite3"), from: old, to: new) == 1)
+        #expect(try await runCloudheed(["verify", "--data-dir", directory]).status == .exited(1))
+
+        // The next start completes it.
+        let restarted = try await Subprocess.run(.path(FilePath(try cloudheedBinary())), arguments: arguments, environment: environment, input: .none, output: .discarded, error: .discarded) { execution in
+            defer { try? execution.send(signal: .terminate) }
+            try await api.waitUntilHealthy()
+        }
+        #expect(restarted.terminationStatus == .exited(0))
+        #expect(!FileManager.default.fileExists(atPath: directory + "/master-key.next"))
+        #expect(try String(contentsOfFile: directory + "/master-key", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) == hex)
+        let verified = try await runCloudheed(["verify", "--data-dir", directory])
+        #expect(verified.status == .exited(0), "\(verified.output)")
     }
 }

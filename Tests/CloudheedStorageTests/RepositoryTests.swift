@@ -389,7 +389,8 @@ struct GarbageCollectionTests {
         var stale = layer
         stale.id = "mfstale"
         do {
-            try await f.catalog.insertLayer(stale, chunkIDs: [ChunkID(bytes: randomBytes(32))])
+            let lost = ChunkID(bytes: randomBytes(32))
+            try await f.catalog.insertLayer(stale, chunkIDs: [lost], reused: [lost])
             Issue.record("a manifest over a collected chunk was recorded")
         } catch let error as RepositoryError {
             #expect(error.kind == .chunksCollected)
