@@ -184,8 +184,8 @@ public func buildApplication(
         scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval, logger: logger)
     return Application(
         router: components.buildRouter(),
-        onServerRunning: { _ in withExtendedLifetime(lock) {} },
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloudheed"),
         services: [workers, scheduler],
+        onServerRunning: { _ in withExtendedLifetime(lock) {} },
         logger: logger)
 }

@@ -125,7 +125,7 @@ extension SQLiteCatalog: RepositoryIndex {
 
     // MARK: Chunks and packs
 
-    static let batch = 500
+    static let batch = 2000
 
     public func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID> {
         try await pool.read { db in
@@ -135,7 +135,7 @@ extension SQLiteCatalog: RepositoryIndex {
                 let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
                 let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
                 for data in try Data.fetchAll(db, sql: "SELECT id FROM chunks WHERE account_id = ? AND id IN (\(marks))", arguments: arguments) {
-                    found.insert(ChunkID(bytes: [UInt8](data)))
+                    found.insert(data.withUnsafeBytes { ChunkID(raw: $0) })
                 }
             }
             return found
@@ -168,7 +168,7 @@ extension SQLiteCatalog: RepositoryIndex {
                     db, sql: "SELECT id, pack_id, offset, length, stored_length FROM chunks WHERE account_id = ? AND id IN (\(marks))",
                     arguments: arguments)
                 for row in rows {
-                    let id = ChunkID(bytes: [UInt8](row["id"] as Data))
+                    let id = (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }
                     found[id] = ChunkLocation(id: id, packID: row["pack_id"], offset: row["offset"], length: row["length"], storedLength: row["stored_length"])
                 }
             }

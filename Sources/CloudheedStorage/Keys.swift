@@ -67,17 +67,31 @@ public struct KeyError: Error, Sendable, Equatable, CustomStringConvertible {
 /// A chunk's identity: HMAC-SHA-256 of its plaintext under the account's id key. Equal content in
 /// two accounts gets unrelated ids, so ids reveal nothing across accounts.
 public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    // Four big-endian words: hashing and comparing stay cheap, with no allocation.
     let a: UInt64, b: UInt64, c: UInt64, d: UInt64
 
     public init(bytes: some Collection<UInt8>) {
         precondition(bytes.count == 32)
-        var words = [UInt64](repeating: 0, count: 4)
-        for (i, byte) in bytes.enumerated() { words[i / 8] = words[i / 8] << 8 | UInt64(byte) }
-        (a, b, c, d) = (words[0], words[1], words[2], words[3])
+        self = Array(bytes).withUnsafeBytes { ChunkID(raw: $0) }
+    }
+
+    /// From exactly 32 bytes in memory.
+    init(raw: UnsafeRawBufferPointer) {
+        a = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 0, as: UInt64.self))
+        b = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        c = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        d = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }
 
     public var bytes: [UInt8] {
-        [a, b, c, d].flatMap { word in (0..<8).reversed().map { UInt8(truncatingIfNeeded: word >> (UInt64($0) * 8)) } }
+        var words = (a.bigEndian, b.bigEndian, c.bigEndian, d.bigEndian)
+        return withUnsafeBytes(of: &words) { Array($0) }
+    }
+
+    /// Appends the 32 bytes without an intermediate array.
+    func append(to out: inout [UInt8]) {
+        var words = (a.bigEndian, b.bigEndian, c.bigEndian, d.bigEndian)
+        withUnsafeBytes(of: &words) { out.append(contentsOf: $0) }
     }
 
     public var description: String { bytes.hex }
@@ -96,7 +110,7 @@ public struct AccountKeys: Sendable {
     }
 
     func chunkID(of bytes: UnsafeRawBufferPointer) -> ChunkID {
-        ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: bytes, using: idKey)))
+        HMAC<SHA256>.authenticationCode(for: bytes, using: idKey).withUnsafeBytes { ChunkID(raw: $0) }
     }
 
     func chunkID(of bytes: [UInt8]) -> ChunkID {

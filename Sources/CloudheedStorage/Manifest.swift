@@ -64,13 +64,13 @@ struct ManifestLayer: Equatable {
         case .pages(let ids):
             u64(Int64(ids.count))
             out.reserveCapacity(out.count + ids.count * 32)
-            for id in ids { out.append(contentsOf: id.bytes) }
+            for id in ids { id.append(to: &out) }
         case .delta(let changes):
             u64(Int64(changes.count))
-            for change in changes { u64(Int64(change.index)); out.append(contentsOf: change.id.bytes) }
+            for change in changes { u64(Int64(change.index)); change.id.append(to: &out) }
         case .stream(let items):
             u64(Int64(items.count))
-            for item in items { u64(Int64(item.length)); out.append(contentsOf: item.id.bytes) }
+            for item in items { u64(Int64(item.length)); item.id.append(to: &out) }
         }
         let json = (try? JSONSerialization.data(withJSONObject: metadata, options: [.sortedKeys])) ?? Data("{}".utf8)
         u64(Int64(json.count))
@@ -102,9 +102,9 @@ struct ManifestLayer: Equatable {
         guard count <= bytes.count else { throw corrupt }
         let entries: Entries
         switch kind {
-        case 0: entries = .pages(try (0..<count).map { _ in ChunkID(bytes: try take(32)) })
-        case 1: entries = .delta(try (0..<count).map { _ in (try u64(), ChunkID(bytes: try take(32))) })
-        case 2: entries = .stream(try (0..<count).map { _ in (try u64(), ChunkID(bytes: try take(32))) })
+        case 0: entries = .pages(try (0..<count).map { _ in try take(32).withUnsafeBytes { ChunkID(raw: $0) } })
+        case 1: entries = .delta(try (0..<count).map { _ in (try u64(), try take(32).withUnsafeBytes { ChunkID(raw: $0) }) })
+        case 2: entries = .stream(try (0..<count).map { _ in (try u64(), try take(32).withUnsafeBytes { ChunkID(raw: $0) }) })
         default: throw corrupt
         }
         let jsonLength = try u64()
@@ -124,7 +124,7 @@ struct PackLayout {
         var offsets: [Int] = []
         var offset = header
         for chunk in chunks {
-            out.append(contentsOf: chunk.id.bytes)
+            chunk.id.append(to: &out)
             withUnsafeBytes(of: UInt32(offset).littleEndian) { out.append(contentsOf: $0) }
             withUnsafeBytes(of: UInt32(chunk.bytes.count).littleEndian) { out.append(contentsOf: $0) }
             offsets.append(offset)
