@@ -9,6 +9,7 @@ struct AccountController {
     func addAdminRoutes(to group: RouterGroup<AppRequestContext>) {
         group.post(use: create)
         group.post(":id/tokens", use: issueToken)
+        group.delete(":id", use: delete)
     }
 
     func addAccountRoutes(to group: RouterGroup<AppRequestContext>) {
@@ -28,6 +29,11 @@ struct AccountController {
         _ = try await request.fields(allowed: [], optional: true)
         let token = try await service.issueToken(accountID: id)
         return json(.object([("account_id", .string(id)), ("token", .string(token))]), status: .created)
+    }
+
+    @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
+        try await service.deleteAccount(id: try context.parameters.require("id"), logger: context.logger)
+        return Response(status: .noContent)
     }
 
     @Sendable func show(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -58,6 +58,17 @@ public struct BackupService: Sendable {
         return try await catalog.account(id: stored.accountID)
     }
 
+    /// Deletes the account and everything it owns; its stored data becomes unreadable at once
+    /// (its data key is destroyed) and is garbage-collected.
+    public func deleteAccount(id: String, logger: Logger) async throws {
+        let databases = try await catalog.deleteAccount(id: id, at: clock.now())
+        repository.forgetKeys(accountID: id)
+        for database in databases {
+            try? await engines.engine(database.engine).drop(at: database.location)
+        }
+        logger.info("account deleted", metadata: ["account.id": "\(id)", "databases": "\(databases.count)"])
+    }
+
     public func storageUsed(accountID: String) async throws -> Int64 {
         try await catalog.storageUsedBytes(accountID: accountID)
     }

@@ -57,6 +57,8 @@ public protocol BackupRepository: Sendable {
     func uniqueBytes(_ object: StoredObject) async throws -> Int64
     /// Removes what no backup refers to any more; safe to interrupt and to run concurrently.
     func collectGarbage(now: Date) async throws -> GarbageReport
+    /// Drops any copy of the account's keys held in memory (its data key was destroyed).
+    func forgetKeys(accountID: String)
 }
 
 public struct RepositoryEntry: Sendable, Equatable {

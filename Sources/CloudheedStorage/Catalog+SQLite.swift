@@ -113,6 +113,9 @@ public final class SQLiteCatalog: Catalog {
                 """)
         }
         registerRepositoryMigration(&migrator)
+        migrator.registerMigration("v3-account-deletion") { db in
+            try db.execute(sql: "ALTER TABLE accounts ADD COLUMN deleted_at INTEGER")
+        }
         return migrator
     }
 
@@ -129,7 +132,7 @@ public final class SQLiteCatalog: Catalog {
 
     public func addToken(_ token: StoredToken) async throws {
         try await pool.write { db in
-            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE id = ?", arguments: [token.accountID]) != nil else {
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE id = ? AND deleted_at IS NULL", arguments: [token.accountID]) != nil else {
                 throw DomainError.accountNotFound
             }
             try Self.insertToken(token, db)
@@ -152,9 +155,37 @@ public final class SQLiteCatalog: Catalog {
 
     public func account(id: String) async throws -> Account? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM accounts WHERE id = ?", arguments: [id]).map { row in
+            try Row.fetchOne(db, sql: "SELECT * FROM accounts WHERE id = ? AND deleted_at IS NULL", arguments: [id]).map { row in
                 Account(id: row["id"], name: row["name"], storageQuotaBytes: row["storage_quota_bytes"], createdAt: date(row["created_at"]))
             }
+        }
+    }
+
+    public func deleteAccount(id: String, at: Date) async throws -> [ManagedDatabase] {
+        try await pool.write { db in
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE id = ? AND deleted_at IS NULL", arguments: [id]) != nil else {
+                throw DomainError.accountNotFound
+            }
+            let databases = try Row.fetchAll(db, sql: "SELECT * FROM databases WHERE account_id = ? AND status <> 'deleted'", arguments: [id]).map(Self.database)
+            // Jobs first (their subjects go), then every backup, releasing its manifest.
+            try db.execute(
+                sql: """
+                    DELETE FROM jobs WHERE subject_id IN (SELECT id FROM backups WHERE account_id = ?)
+                       OR subject_id IN (SELECT id FROM restores WHERE account_id = ?)
+                    """,
+                arguments: [id, id])
+            let manifests = try String.fetchAll(db, sql: "SELECT object_key FROM backups WHERE account_id = ? AND status = 'completed'", arguments: [id])
+            try db.execute(sql: "DELETE FROM backups WHERE account_id = ?", arguments: [id])
+            for manifest in manifests { try Self.releaseLayer(manifest, now: at, grace: garbageGrace, db) }
+            try db.execute(
+                sql: "UPDATE restores SET status = 'failed', completed_at = ?, error_code = 'account_deleted', error_message = 'the account was deleted' WHERE account_id = ? AND status IN ('pending','in_progress')",
+                arguments: [ms(at), id])
+            try db.execute(sql: "UPDATE databases SET status = 'deleted', deleted_at = COALESCE(deleted_at, ?) WHERE account_id = ?", arguments: [ms(at), id])
+            try db.execute(sql: "DELETE FROM tokens WHERE account_id = ?", arguments: [id])
+            // Destroying the data key makes whatever storage still holds unreadable for good.
+            try db.execute(sql: "DELETE FROM account_keys WHERE account_id = ?", arguments: [id])
+            try db.execute(sql: "UPDATE accounts SET deleted_at = ? WHERE id = ?", arguments: [ms(at), id])
+            return databases
         }
     }
 

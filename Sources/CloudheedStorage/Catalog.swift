@@ -57,6 +57,10 @@ public protocol Catalog: Sendable {
     func addToken(_ token: StoredToken) async throws
     func token(id: String) async throws -> StoredToken?
     func account(id: String) async throws -> Account?
+    /// Deletes the account: its databases are marked deleted, every backup goes (releasing its
+    /// data for GC), running restores fail, its tokens and its data key are destroyed, in one
+    /// transaction. Returns the databases that were live, whose files the caller removes.
+    func deleteAccount(id: String, at: Date) async throws -> [ManagedDatabase]
     /// Sum of `stored_bytes` (compressed, encrypted size) of the account's completed manual backups.
     func storageUsedBytes(accountID: String) async throws -> Int64
 

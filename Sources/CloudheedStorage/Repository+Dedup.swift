@@ -527,6 +527,10 @@ public struct DedupRepository: BackupRepository {
         try await index.uniqueBytes(layerID: object.key)
     }
 
+    public func forgetKeys(accountID: String) {
+        keyRing.forget(accountID: accountID)
+    }
+
     // MARK: Garbage collection
 
     public func collectGarbage(now: Date) async throws -> GarbageReport {

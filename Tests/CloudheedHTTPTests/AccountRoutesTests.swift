@@ -2,6 +2,7 @@ import CloudheedDomain
 import CloudheedHTTP
 import Foundation
 import Hummingbird
+import Synchronization
 import Testing
 
 @Suite("Accounts, tokens and authentication")
@@ -122,6 +123,50 @@ struct AccountRoutesTests {
             let secret = Data(String(token.split(separator: "_")[2]).utf8)
             #expect(catalog.range(of: secret) == nil)
             #expect(wal.range(of: secret) == nil)
+        }
+    }
+}
+
+@Suite("Account deletion")
+struct AccountDeletionTests {
+    @Test("DELETE /v1/accounts/{id} removes its databases and backups, revokes its tokens and destroys its data key; other accounts are untouched")
+    func deleteAccount() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (gone, goneToken) = try await api.account("gone")
+            let (_, keptToken) = try await api.account("kept")
+            let database = try await api.database(goneToken)
+            let path = try filePath(ofURI: database["connection"]?["uri"]?.stringValue)
+            try writeRows(path: path, values: (0..<200).map { "gone \($0)" })
+            _ = try await api.completedBackup(goneToken, database: try #require(database["id"]?.stringValue))
+            let keptDatabase = try await api.database(keptToken)
+            try writeRows(path: try filePath(ofURI: keptDatabase["connection"]?["uri"]?.stringValue), values: (0..<200).map { "kept \($0)" })
+            let kept = try await api.completedBackup(keptToken, database: try #require(keptDatabase["id"]?.stringValue))
+            let packsBefore = repositoryObjects(service, "packs")
+            #expect(packsBefore.count == 2)
+
+            #expect(try await api.call(.delete, "/v1/accounts/\(gone)", token: keptToken).status == .unauthorized)
+            #expect(try await api.call(.delete, "/v1/accounts/\(gone)", token: TestService.adminToken).status == .noContent)
+            #expect(try await api.call(.delete, "/v1/accounts/\(gone)", token: TestService.adminToken).errorCode == "account_not_found")
+            #expect(try await api.call(.get, "/v1/account", token: goneToken).status == .unauthorized)
+            #expect(try await api.call(.post, "/v1/accounts/\(gone)/tokens", token: TestService.adminToken).status == .notFound)
+            #expect(!FileManager.default.fileExists(atPath: path))
+
+            // Only the other account's data key is left, and GC removes the deleted account's packs.
+            let accountsWithKeys = Mutex<[String]>([])
+            _ = try await service.components.catalog.rewrapAllDataKeys { accountID, wrapped in
+                accountsWithKeys.withLock { $0.append(accountID) }
+                return wrapped
+            }
+            #expect(accountsWithKeys.withLock { $0.count == 1 && $0[0] != gone })
+            service.clock.advance(by: 1)
+            try await service.components.collector.run()
+            #expect(repositoryObjects(service, "packs").count == 1)
+
+            let keptID = try #require(keptDatabase["id"]?.stringValue)
+            let restore = try await api.call(.post, "/v1/databases/\(keptID)/backups/\(kept["id"]!.stringValue!)/restore", token: keptToken)
+            try await service.runJobs()
+            #expect(try await api.call(.get, "/v1/restores/\(restore["restore"]!["id"]!.stringValue!)", token: keptToken)["restore"]?["status"]?.stringValue == "completed")
         }
     }
 }
