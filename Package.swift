@@ -26,6 +26,8 @@ let package = Package(
     targets: [
         // The system's libzstd (Debian: libzstd-dev, installed by scripts/install-deps).
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        // syncfs(2), which needs _GNU_SOURCE.
+        .target(name: "CLinuxShims"),
         // Domain: backups, databases, tiers, retention, windows, jobs. No HTTP, no SQL.
         .target(
             name: "CloudheedDomain",
@@ -38,6 +40,7 @@ let package = Package(
             dependencies: [
                 "CloudheedDomain",
                 "CZstd",
+                "CLinuxShims",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -109,7 +112,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudheedStorageTests",
-            dependencies: ["CloudheedDomain", "CloudheedStorage"],
+            dependencies: ["CloudheedDomain", "CloudheedStorage", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -142,17 +142,18 @@ extension SQLiteCatalog: RepositoryIndex {
         }
     }
 
-    public func insertPack(_ pack: PackRecord, chunks: [ChunkLocation]) async throws {
+    public func insertPacks(_ packs: [(pack: PackRecord, chunks: [ChunkLocation])]) async throws {
         try await pool.write { db in
-            try db.execute(
-                sql: "INSERT INTO packs (id, account_id, stored_size, plain_size, created_at) VALUES (?, ?, ?, ?, ?)",
-                arguments: [pack.id, pack.accountID, pack.storedSize, pack.plainSize, ms(pack.createdAt)])
-            let statement = try db.makeStatement(sql: """
+            let insertPack = try db.makeStatement(sql: "INSERT INTO packs (id, account_id, stored_size, plain_size, created_at) VALUES (?, ?, ?, ?, ?)")
+            let insertChunk = try db.makeStatement(sql: """
                 INSERT INTO chunks (account_id, id, pack_id, offset, length, stored_length, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (account_id, id) DO NOTHING
                 """)
-            for chunk in chunks {
-                try statement.execute(arguments: [pack.accountID, Data(chunk.id.bytes), pack.id, chunk.offset, chunk.length, chunk.storedLength, ms(pack.createdAt)])
+            for (pack, chunks) in packs {
+                try insertPack.execute(arguments: [pack.id, pack.accountID, pack.storedSize, pack.plainSize, ms(pack.createdAt)])
+                for chunk in chunks {
+                    try insertChunk.execute(arguments: [pack.accountID, Data(chunk.id.bytes), pack.id, chunk.offset, chunk.length, chunk.storedLength, ms(pack.createdAt)])
+                }
             }
         }
     }

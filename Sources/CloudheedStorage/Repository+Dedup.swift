@@ -72,14 +72,25 @@ public struct DedupRepository: BackupRepository {
         let (plaintext, offsets) = PackLayout.encode(buffer.chunks)
         let sealed = try SealedUnit.seal(plaintext, kind: .pack, id: packID, key: keys.encryptionKey, compression: compression, compressor: ZstdCompressor())
         let record = PackRecord(id: packID, accountID: accountID, storedSize: sealed.count, plainSize: plaintext.count, createdAt: clock.now())
-        try await blobs.put(record.objectKey, sealed)
+        // Durable later, in a group (`publish`), before any index row points into it.
+        try await blobs.putBuffered(record.objectKey, sealed)
         let ratio = Double(sealed.count) / Double(max(1, plaintext.count))
         let locations = zip(buffer.chunks, offsets).map { chunk, offset in
             ChunkLocation(id: chunk.id, packID: packID, offset: offset, length: chunk.bytes.count,
                           storedLength: max(1, Int((Double(chunk.bytes.count) * ratio).rounded())))
         }
-        try await index.insertPack(record, chunks: locations)
         return SealedPack(record: record, locations: locations)
+    }
+
+    /// Packs sealed but not yet indexed are made durable with one sync, then indexed together:
+    /// an index row never points at a pack a power loss could take away.
+    static let publishBatch = 16
+
+    func publish(_ state: inout StoreState, force: Bool) async throws {
+        guard !state.unpublished.isEmpty, force || state.unpublished.count >= Self.publishBatch else { return }
+        try await blobs.syncBuffered()
+        try await index.insertPacks(state.unpublished.map { ($0.record, $0.locations) })
+        state.unpublished.removeAll()
     }
 
     /// Bookkeeping shared by both store paths while packs are in flight.
@@ -88,6 +99,7 @@ public struct DedupRepository: BackupRepository {
         var storedLengths: [ChunkID: Int] = [:]
         var buffer = PackBuffer()
         var inFlight = 0
+        var unpublished: [SealedPack] = []
     }
 
     public func storePages(ofFile path: String, pageSize: Int, target: BackupTarget) async throws -> StoredObject {
@@ -130,12 +142,14 @@ public struct DedupRepository: BackupRepository {
             func collect(_ pack: SealedPack) {
                 for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
                 state.inFlight -= 1
+                state.unpublished.append(pack)
             }
             func flush() async throws {
                 guard !state.buffer.chunks.isEmpty else { return }
                 let buffer = state.buffer
                 state.buffer = PackBuffer()
                 while state.inFlight >= concurrency, let done = try await group.next() { collect(done) }
+                try await publish(&state, force: false)
                 state.inFlight += 1
                 group.addTask { try await sealAndUpload(buffer, accountID: target.accountID, keys: keys) }
             }
@@ -170,6 +184,7 @@ public struct DedupRepository: BackupRepository {
             guard position == pageCount else { throw RepositoryError(.io, "the snapshot changed size while it was read") }
             try await flush()
             while let done = try await group.next() { collect(done) }
+            try await publish(&state, force: true)
         }
 
         // The manifest: a delta over the parent when that is small and the chain short.
@@ -272,12 +287,14 @@ public struct DedupRepository: BackupRepository {
             func collect(_ pack: SealedPack) {
                 for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
                 state.inFlight -= 1
+                state.unpublished.append(pack)
             }
             func flush() async throws {
                 guard !state.buffer.chunks.isEmpty else { return }
                 let buffer = state.buffer
                 state.buffer = PackBuffer()
                 while state.inFlight >= concurrency, let done = try await group.next() { collect(done) }
+                try await publish(&state, force: false)
                 state.inFlight += 1
                 group.addTask { try await sealAndUpload(buffer, accountID: target.accountID, keys: keys) }
             }
@@ -301,6 +318,7 @@ public struct DedupRepository: BackupRepository {
             try await take(splitter.finish())
             try await flush()
             while let done = try await group.next() { collect(done) }
+            try await publish(&state, force: true)
         }
         let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
         let stored = try await totalStoredLength(Array(Set(entries.map(\.id))), state: state, accountID: target.accountID)

@@ -77,8 +77,8 @@ public struct LayerRecord: Sendable, Equatable {
 public protocol RepositoryIndex: AccountKeyStore {
     /// Which of `ids` the account already stores.
     func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID>
-    /// Records a pack written to storage and the chunks in it.
-    func insertPack(_ pack: PackRecord, chunks: [ChunkLocation]) async throws
+    /// Records packs already durable in storage and the chunks in them, in one transaction.
+    func insertPacks(_ packs: [(pack: PackRecord, chunks: [ChunkLocation])]) async throws
     func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation]
     /// Records a layer and the chunks it refers to, after checking in the same transaction that
     /// each `reused` chunk (one that existed before this backup started) still exists: GC may have

@@ -388,8 +388,8 @@ struct CatalogRaceContractTests {
         // Hours into the backup, a pack of its chunks is recorded but not referenced yet.
         let stored = t0.addingTimeInterval(7200)
         let id = ChunkID(bytes: [UInt8](repeating: 7, count: 32))
-        try await catalog.insertPack(PackRecord(id: "pack1", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: stored),
-                                     chunks: [ChunkLocation(id: id, packID: "pack1", offset: 8, length: 2, storedLength: 2)])
+        try await catalog.insertPacks([(PackRecord(id: "pack1", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: stored),
+                                        [ChunkLocation(id: id, packID: "pack1", offset: 8, length: 2, storedLength: 2)])])
         #expect(try await catalog.deleteUnreferencedChunks(createdBefore: stored.addingTimeInterval(86_400)) == 0)
         #expect(try await catalog.existingChunks(accountID: account.id, ids: [id]) == [id])
     }

@@ -1,5 +1,6 @@
 import CloudheedDomain
-import CloudheedStorage
+@testable import CloudheedStorage
+import Crypto
 import Foundation
 import Synchronization
 import Testing
@@ -490,5 +491,21 @@ struct FastCDCTests {
         let editedChunks = split(edited, piece: 10_000)
         let unchanged = Set(chunks.map { $0.hashValue }).intersection(editedChunks.map { $0.hashValue }).count
         #expect(unchanged >= chunks.count - 3, "\(unchanged) of \(chunks.count) unchanged")
+    }
+}
+
+@Suite("Chunk ids")
+struct ChunkIDTests {
+    @Test("The precomputed HMAC equals swift-crypto's HMAC-SHA-256 for inputs of every size class")
+    func hmacMatches() {
+        let keys = AccountKeys(dataKey: SymmetricKey(size: .bits256))
+        for size in [0, 1, 31, 32, 55, 56, 63, 64, 65, 4096, 100_000] {
+            let bytes = randomBytes(size)
+            let reference = ChunkID(bytes: Array(HMAC<SHA256>.authenticationCode(for: bytes, using: keys.idKey)))
+            #expect(keys.chunkID(of: bytes) == reference, "size \(size)")
+        }
+        let id = keys.chunkID(of: randomBytes(10))
+        #expect(ChunkID(bytes: id.bytes) == id)
+        #expect(id.description.count == 64)
     }
 }
