@@ -93,6 +93,41 @@ public struct DedupRepository: BackupRepository {
         state.unpublished.removeAll()
     }
 
+    typealias PackTasks = ThrowingTaskGroup<SealedPack, any Error>
+
+    /// Buffers a new chunk; a full buffer becomes a pack, sealed and uploaded by a task of its own.
+    func add(_ id: ChunkID, _ bytes: ArraySlice<UInt8>, to state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
+        state.storedThisRun.insert(id)
+        state.buffer.chunks.append((id, bytes))
+        state.buffer.size += bytes.count
+        if state.buffer.size >= packSize { try await flush(&state, tasks: &tasks, accountID: accountID, keys: keys) }
+    }
+
+    /// Hands the buffer to a sealing task, first waiting while `concurrency` packs are in flight,
+    /// so at most that many packs are in memory.
+    func flush(_ state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
+        guard !state.buffer.chunks.isEmpty else { return }
+        let buffer = state.buffer
+        state.buffer = PackBuffer()
+        while state.inFlight >= concurrency, let done = try await tasks.next() { collect(done, into: &state) }
+        try await publish(&state, force: false)
+        state.inFlight += 1
+        tasks.addTask { try await sealAndUpload(buffer, accountID: accountID, keys: keys) }
+    }
+
+    /// Seals what is buffered, waits for every pack, and publishes them all.
+    func drain(_ state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
+        try await flush(&state, tasks: &tasks, accountID: accountID, keys: keys)
+        while let done = try await tasks.next() { collect(done, into: &state) }
+        try await publish(&state, force: true)
+    }
+
+    func collect(_ pack: SealedPack, into state: inout StoreState) {
+        for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
+        state.inFlight -= 1
+        state.unpublished.append(pack)
+    }
+
     /// Bookkeeping shared by both store paths while packs are in flight.
     struct StoreState {
         var storedThisRun: Set<ChunkID> = []
@@ -138,22 +173,7 @@ public struct DedupRepository: BackupRepository {
         map.reserveCapacity(pageCount)
         var state = StoreState()
 
-        try await withThrowingTaskGroup(of: SealedPack.self) { group in
-            func collect(_ pack: SealedPack) {
-                for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
-                state.inFlight -= 1
-                state.unpublished.append(pack)
-            }
-            func flush() async throws {
-                guard !state.buffer.chunks.isEmpty else { return }
-                let buffer = state.buffer
-                state.buffer = PackBuffer()
-                while state.inFlight >= concurrency, let done = try await group.next() { collect(done) }
-                try await publish(&state, force: false)
-                state.inFlight += 1
-                group.addTask { try await sealAndUpload(buffer, accountID: target.accountID, keys: keys) }
-            }
-
+        try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
             var position = 0
             while position < pageCount {
                 try Task.checkCancellation()
@@ -173,18 +193,14 @@ public struct DedupRepository: BackupRepository {
                 if !candidates.isEmpty {
                     let existing = try await index.existingChunks(accountID: target.accountID, ids: Array(Set(candidates.map(\.id))))
                     for candidate in candidates where !existing.contains(candidate.id) && !state.storedThisRun.contains(candidate.id) {
-                        state.storedThisRun.insert(candidate.id)
-                        state.buffer.chunks.append((candidate.id, bytes[candidate.offset..<(candidate.offset + pageSize)]))
-                        state.buffer.size += pageSize
-                        if state.buffer.size >= packSize { try await flush() }
+                        try await add(candidate.id, bytes[candidate.offset..<(candidate.offset + pageSize)], to: &state, tasks: &tasks,
+                                      accountID: target.accountID, keys: keys)
                     }
                 }
                 position += count
             }
             guard position == pageCount else { throw RepositoryError(.io, "the snapshot changed size while it was read") }
-            try await flush()
-            while let done = try await group.next() { collect(done) }
-            try await publish(&state, force: true)
+            try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
         }
 
         // The manifest: a delta over the parent when that is small and the chain short.
@@ -283,21 +299,7 @@ public struct DedupRepository: BackupRepository {
         var logical: Int64 = 0
         var state = StoreState()
 
-        try await withThrowingTaskGroup(of: SealedPack.self) { group in
-            func collect(_ pack: SealedPack) {
-                for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
-                state.inFlight -= 1
-                state.unpublished.append(pack)
-            }
-            func flush() async throws {
-                guard !state.buffer.chunks.isEmpty else { return }
-                let buffer = state.buffer
-                state.buffer = PackBuffer()
-                while state.inFlight >= concurrency, let done = try await group.next() { collect(done) }
-                try await publish(&state, force: false)
-                state.inFlight += 1
-                group.addTask { try await sealAndUpload(buffer, accountID: target.accountID, keys: keys) }
-            }
+        try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
             func take(_ chunks: [[UInt8]]) async throws {
                 for chunk in chunks {
                     let id = keys.chunkID(of: chunk)
@@ -305,10 +307,7 @@ public struct DedupRepository: BackupRepository {
                     logical += Int64(chunk.count)
                     if state.storedThisRun.contains(id) { continue }
                     if try await index.existingChunks(accountID: target.accountID, ids: [id]).contains(id) { continue }
-                    state.storedThisRun.insert(id)
-                    state.buffer.chunks.append((id, chunk[...]))
-                    state.buffer.size += chunk.count
-                    if state.buffer.size >= packSize { try await flush() }
+                    try await add(id, chunk[...], to: &state, tasks: &tasks, accountID: target.accountID, keys: keys)
                 }
             }
             for try await piece in bytes {
@@ -316,9 +315,7 @@ public struct DedupRepository: BackupRepository {
                 try await take(splitter.append(piece))
             }
             try await take(splitter.finish())
-            try await flush()
-            while let done = try await group.next() { collect(done) }
-            try await publish(&state, force: true)
+            try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
         }
         let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
         let stored = try await totalStoredLength(Array(Set(entries.map(\.id))), state: state, accountID: target.accountID)
