@@ -403,10 +403,31 @@ public struct DedupRepository: BackupRepository {
         guard Int64(map.count * pageSize) == object.sizeBytes else {
             throw RepositoryError(.corrupt, "the manifest describes \(map.count * pageSize) bytes, the backup \(object.sizeBytes)")
         }
-        let locations = try await locate(Array(Set(map)), accountID: accountID)
-        // Pages grouped by pack, so each pack is fetched and opened once.
-        var byPack: [String: [(page: Int32, location: ChunkLocation)]] = [:]
-        for (page, id) in map.enumerated() { byPack[locations[id]!.packID, default: []].append((Int32(page), locations[id]!)) }
+        // Where each page comes from, 16 bytes a page, built a batch of pages at a time so no
+        // structure over all distinct chunks is ever held; then sorted by pack so each pack is
+        // fetched and opened once.
+        struct PageSource { var pack: Int32; var offset: Int32; var length: Int32; var page: Int32 }
+        var packIDs: [String] = []
+        var packNumbers: [String: Int32] = [:]
+        var sources: [PageSource] = []
+        sources.reserveCapacity(map.count)
+        for start in stride(from: 0, to: map.count, by: 65536) {
+            let end = min(map.count, start + 65536)
+            let locations = try await locate(Array(Set(map[start..<end])), accountID: accountID)
+            for page in start..<end {
+                let location = locations[map[page]]!
+                let number: Int32
+                if let known = packNumbers[location.packID] {
+                    number = known
+                } else {
+                    number = Int32(packIDs.count)
+                    packNumbers[location.packID] = number
+                    packIDs.append(location.packID)
+                }
+                sources.append(PageSource(pack: number, offset: Int32(location.offset), length: Int32(location.length), page: Int32(page)))
+            }
+        }
+        sources.sort { ($0.pack, $0.offset) < ($1.pack, $1.offset) }
 
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw RepositoryError(.io, "cannot create the restored file: errno \(errno)") }
@@ -415,22 +436,28 @@ public struct DedupRepository: BackupRepository {
 
         try await withThrowingTaskGroup(of: Void.self) { group in
             var running = 0
-            for (packID, pages) in byPack {
+            var start = 0
+            while start < sources.count {
+                var end = start
+                while end < sources.count, sources[end].pack == sources[start].pack { end += 1 }
+                let pages = Array(sources[start..<end])
+                let packID = packIDs[Int(sources[start].pack)]
+                start = end
                 if running >= concurrency { try await group.next(); running -= 1 }
                 running += 1
                 group.addTask {
                     let plaintext = try await openPack(packID, keys: keys)
-                    var verified: [ChunkID: ArraySlice<UInt8>] = [:]
-                    for (page, location) in pages {
-                        let slice: ArraySlice<UInt8>
-                        if let known = verified[location.id] {
-                            slice = known
-                        } else {
-                            slice = try extract(location, from: plaintext, keys: keys)
-                            verified[location.id] = slice
-                        }
-                        guard slice.count == pageSize else { throw RepositoryError(.corrupt, "chunk \(location.id) is not one page long") }
-                        let written = slice.withUnsafeBytes { pwrite(fd, $0.baseAddress, pageSize, off_t(Int(page) * pageSize)) }
+                    var checkedOffset: Int32 = -1
+                    for source in pages {
+                        let id = map[Int(source.page)]
+                        let location = ChunkLocation(id: id, packID: packID, offset: Int(source.offset), length: Int(source.length), storedLength: 0)
+                        // Sorted by offset: a chunk used by several pages is checked once.
+                        let slice = source.offset == checkedOffset
+                            ? try PackLayout.chunk(in: plaintext, offset: location.offset, length: location.length, expected: id, pack: packID)
+                            : try extract(location, from: plaintext, keys: keys)
+                        checkedOffset = source.offset
+                        guard slice.count == pageSize else { throw RepositoryError(.corrupt, "chunk \(id) is not one page long") }
+                        let written = slice.withUnsafeBytes { pwrite(fd, $0.baseAddress, pageSize, off_t(Int(source.page) * pageSize)) }
                         guard written == pageSize else { throw RepositoryError(.io, "cannot write the restored file: errno \(errno)") }
                     }
                 }
