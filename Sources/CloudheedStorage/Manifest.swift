@@ -38,15 +38,6 @@ struct ManifestLayer: Equatable {
         }
     }
 
-    /// Distinct chunk ids this layer itself refers to.
-    var chunkIDs: [ChunkID] {
-        switch entries {
-        case .pages(let ids): Array(Set(ids))
-        case .delta(let changes): Array(Set(changes.map(\.id)))
-        case .stream(let items): Array(Set(items.map(\.id)))
-        }
-    }
-
     func encoded() -> [UInt8] {
         var out = Array("CHM1".utf8)
         func u64(_ v: Int64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }

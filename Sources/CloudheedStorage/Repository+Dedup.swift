@@ -123,7 +123,7 @@ public struct DedupRepository: BackupRepository {
     }
 
     func collect(_ pack: SealedPack, into state: inout StoreState) {
-        for location in pack.locations { state.storedLengths[location.id] = location.storedLength }
+        for location in pack.locations { state.newStoredBytes += Int64(location.storedLength) }
         state.inFlight -= 1
         state.unpublished.append(pack)
     }
@@ -131,7 +131,8 @@ public struct DedupRepository: BackupRepository {
     /// Bookkeeping shared by both store paths while packs are in flight.
     struct StoreState {
         var storedThisRun: Set<ChunkID> = []
-        var storedLengths: [ChunkID: Int] = [:]
+        /// Stored bytes of every chunk this run stored (each counted once).
+        var newStoredBytes: Int64 = 0
         var buffer = PackBuffer()
         var inFlight = 0
         var unpublished: [SealedPack] = []
@@ -205,20 +206,19 @@ public struct DedupRepository: BackupRepository {
 
         // The manifest: a delta over the parent when that is small and the chain short.
         let changed = (0..<pageCount).filter { $0 >= parentMap.count || parentMap[$0] != map[$0] }
-        let layer: ManifestLayer
-        var depth = 0
-        var storedBytes: Int64
         if let parentLayer, parentLayer.depth + 1 < maxDepth, changed.count * 2 <= pageCount {
-            depth = parentLayer.depth + 1
-            layer = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize),
-                                  entries: .delta(changed.map { ($0, map[$0]) }), metadata: [:])
-            storedBytes = try await deltaStoredBytes(parent: parentLayer, parentMap: parentMap, map: map, changed: changed, state: state, accountID: target.accountID)
-        } else {
-            parentLayer = nil
-            layer = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize), entries: .pages(map), metadata: [:])
-            storedBytes = try await totalStoredLength(Array(Set(map)), state: state, accountID: target.accountID)
+            let delta = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize),
+                                      entries: .delta(changed.map { ($0, map[$0]) }), metadata: [:])
+            let (storedBytes, referenced) = try await deltaStoredBytes(
+                parent: parentLayer, parentMap: parentMap, map: map, changed: changed, state: state, accountID: target.accountID)
+            return try await writeLayer(delta, chunkIDs: referenced, parent: parentLayer, depth: parentLayer.depth + 1, storedBytes: storedBytes,
+                                        storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
         }
-        return try await writeLayer(layer, parent: parentLayer, depth: depth, storedBytes: storedBytes, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
+        let distinct = Array(Set(map))
+        let storedBytes = try await state.newStoredBytes + storedLength(of: distinct.filter { !state.storedThisRun.contains($0) }, accountID: target.accountID)
+        let full = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize), entries: .pages(map), metadata: [:])
+        return try await writeLayer(full, chunkIDs: distinct, parent: nil, depth: 0, storedBytes: storedBytes,
+                                    storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
     }
 
     /// HMAC of every page of a batch, spread over the cores.
@@ -241,52 +241,47 @@ public struct DedupRepository: BackupRepository {
         }
     }
 
-    /// Stored bytes of distinct chunks, from this run's packs or the index.
-    func totalStoredLength(_ distinct: [ChunkID], state: StoreState, accountID: String) async throws -> Int64 {
-        var total: Int64 = 0
-        var unknown: [ChunkID] = []
-        for id in distinct {
-            if let length = state.storedLengths[id] { total += Int64(length) } else { unknown.append(id) }
-        }
-        if !unknown.isEmpty {
-            let locations = try await index.chunkLocations(accountID: accountID, ids: unknown)
-            for id in unknown { total += Int64(locations[id]?.storedLength ?? 0) }
-        }
-        return total
+    /// Stored bytes of distinct chunks that existed before this run, from the index.
+    func storedLength(of distinct: [ChunkID], accountID: String) async throws -> Int64 {
+        guard !distinct.isEmpty else { return 0 }
+        let locations = try await index.chunkLocations(accountID: accountID, ids: distinct)
+        return distinct.reduce(Int64(0)) { $0 + Int64(locations[$1]?.storedLength ?? 0) }
     }
 
-    /// The parent's stored bytes, plus chunks the new map gains, minus chunks it no longer has;
-    /// index lookups only for what changed.
-    func deltaStoredBytes(parent: LayerRecord, parentMap: [ChunkID], map: [ChunkID], changed: [Int], state: StoreState, accountID: String) async throws -> Int64 {
-        var counts: [ChunkID: Int] = [:]
-        counts.reserveCapacity(parentMap.count)
-        for id in parentMap { counts[id, default: 0] += 1 }
-        var added: Set<ChunkID> = []
-        var touched: Set<ChunkID> = []
+    /// The parent's stored bytes, plus the chunks the new map gains, minus those it no longer
+    /// has. Only the chunks at changed pages are candidates, so besides two passes over the page
+    /// maps, memory and index lookups are proportional to the change. Also returns the distinct
+    /// chunks the delta refers to.
+    func deltaStoredBytes(parent: LayerRecord, parentMap: [ChunkID], map: [ChunkID], changed: [Int], state: StoreState, accountID: String) async throws -> (Int64, [ChunkID]) {
+        var touchedOld = Set<ChunkID>(), touchedNew = Set<ChunkID>()
         for page in changed {
-            if page < parentMap.count { counts[parentMap[page], default: 0] -= 1; touched.insert(parentMap[page]) }
-            if counts[map[page], default: 0] == 0 { added.insert(map[page]) }
-            counts[map[page], default: 0] += 1
+            if page < parentMap.count { touchedOld.insert(parentMap[page]) }
+            touchedNew.insert(map[page])
         }
-        for page in map.count..<max(map.count, parentMap.count) {
-            counts[parentMap[page], default: 0] -= 1
-            touched.insert(parentMap[page])
-        }
-        let removed = touched.filter { (counts[$0] ?? 0) <= 0 && !added.contains($0) }
-        let gained = try await totalStoredLength(Array(added.filter { !touched.contains($0) || (counts[$0] ?? 0) > 0 }), state: state, accountID: accountID)
-        let lost = try await totalStoredLength(Array(removed), state: state, accountID: accountID)
-        return max(0, parent.storedBytes + gained - lost)
+        for page in map.count..<max(map.count, parentMap.count) { touchedOld.insert(parentMap[page]) }
+        // An old chunk is gone only if no page of the new map still uses it; a new one is gained
+        // only if no page of the parent used it.
+        var stillUsed = Set<ChunkID>(), alreadyThere = Set<ChunkID>()
+        for id in map where touchedOld.contains(id) { stillUsed.insert(id) }
+        for id in parentMap where touchedNew.contains(id) { alreadyThere.insert(id) }
+        let removed = touchedOld.subtracting(stillUsed)
+        let added = touchedNew.subtracting(alreadyThere)
+        // Every chunk this run stored is new, so it is among the added ones.
+        let gained = try await state.newStoredBytes + storedLength(of: added.filter { !state.storedThisRun.contains($0) }, accountID: accountID)
+        let lost = try await storedLength(of: Array(removed), accountID: accountID)
+        return (max(0, parent.storedBytes + gained - lost), Array(touchedNew))
     }
 
-    func writeLayer(_ layer: ManifestLayer, parent: LayerRecord?, depth: Int, storedBytes: Int64, storedThisRun: Set<ChunkID>, accountID: String, keys: AccountKeys) async throws -> StoredObject {
+    /// Seals and stores a manifest and records it with the distinct `chunkIDs` it refers to.
+    func writeLayer(_ layer: ManifestLayer, chunkIDs: [ChunkID], parent: LayerRecord?, depth: Int, storedBytes: Int64, storedThisRun: Set<ChunkID>, accountID: String, keys: AccountKeys) async throws -> StoredObject {
         let layerID = "mf" + ids.randomString(count: 22)
-        let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: compression, compressor: ZstdCompressor())
+        // Manifests are mostly random chunk ids: compressing them costs memory and time for nothing.
+        let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: .none, compressor: ZstdCompressor())
         let checksum = Array(SHA256.hash(data: sealed)).hex
         let record = LayerRecord(
             id: layerID, accountID: accountID, parentID: parent?.id, depth: depth, kind: layer.kind, pageSize: layer.pageSize,
             entryCount: layer.totalCount, logicalSize: layer.logicalSize, storedBytes: storedBytes, objectChecksum: checksum, createdAt: clock.now())
         try await blobs.put(record.objectKey, sealed)
-        let chunkIDs = layer.chunkIDs
         try await index.insertLayer(record, chunkIDs: chunkIDs, reused: chunkIDs.filter { !storedThisRun.contains($0) })
         return StoredObject(key: layerID, sizeBytes: layer.logicalSize, checksum: checksum, storedBytes: storedBytes)
     }
@@ -318,8 +313,9 @@ public struct DedupRepository: BackupRepository {
             try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
         }
         let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
-        let stored = try await totalStoredLength(Array(Set(entries.map(\.id))), state: state, accountID: target.accountID)
-        return try await writeLayer(layer, parent: nil, depth: 0, storedBytes: stored, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
+        let distinct = Array(Set(entries.map(\.id)))
+        let stored = try await state.newStoredBytes + storedLength(of: distinct.filter { !state.storedThisRun.contains($0) }, accountID: target.accountID)
+        return try await writeLayer(layer, chunkIDs: distinct, parent: nil, depth: 0, storedBytes: stored, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
     }
 
     // MARK: Reading manifests

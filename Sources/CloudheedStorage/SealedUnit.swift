@@ -23,7 +23,15 @@ enum SealedUnit {
             body = compressed
         }
         let box = try AES.GCM.seal(body, using: key, authenticating: aad(kind, id: id, flags: flags))
-        return [version, flags] + Array(box.nonce) + Array(box.ciphertext) + Array(box.tag)
+        // One output buffer: a manifest can be tens of MiB, and each extra copy is resident memory.
+        var out: [UInt8] = []
+        out.reserveCapacity(2 + 12 + body.count + 16)
+        out.append(version)
+        out.append(flags)
+        out.append(contentsOf: box.nonce)
+        out.append(contentsOf: box.ciphertext)
+        out.append(contentsOf: box.tag)
+        return out
     }
 
     static func open(_ sealed: [UInt8], kind: Kind, id: String, key: SymmetricKey) throws -> [UInt8] {

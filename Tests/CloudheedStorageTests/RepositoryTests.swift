@@ -222,6 +222,30 @@ struct RepositoryTests {
         #expect(child.storedBytes > 0)
     }
 
+    @Test("A delta manifest reports exactly the stored bytes a full manifest of the same data reports")
+    func deltaSizesExact() async throws {
+        let f = try await RepositoryFixture()
+        defer { f.cleanup() }
+        var pages = (0..<30).map { _ in randomBytes(4096) } + [page(1), page(1), page(2)]
+        var parent = try await f.storePages(pages)
+        for step in 0..<4 {
+            switch step {
+            case 0: pages[3] = randomBytes(4096); pages[4] = pages[5]           // a page replaced, a page duplicated
+            case 1: pages.removeLast(4)                                        // shrink: ids vanish
+            case 2: pages += [page(1), randomBytes(4096)]                      // grow: an old id comes back, a new one
+            default: pages[0] = pages[1]; pages[1] = randomBytes(4096)         // an id moves and one is lost
+            }
+            let delta = try await f.storePages(pages, parent: parent)
+            let kind = try #require(try await f.catalog.layer(id: delta.key)).kind
+            #expect(kind == .pagesDelta, "step \(step)")
+            let full = try await f.storePages(pages)
+            #expect(try await f.catalog.layer(id: full.key)?.kind == .pagesFull)
+            #expect(delta.storedBytes == full.storedBytes, "step \(step)")
+            #expect(try await f.restorePages(delta) == pages.flatMap { $0 })
+            parent = delta
+        }
+    }
+
     @Test("Accounts never share chunks: the same data in two accounts is stored twice, under unrelated ids")
     func accountsIsolated() async throws {
         let f = try await RepositoryFixture()
