@@ -133,6 +133,8 @@ public struct DedupRepository: BackupRepository {
         var storedThisRun: Set<ChunkID> = []
         /// Stored bytes of every chunk this run stored (each counted once).
         var newStoredBytes: Int64 = 0
+        /// Chunks at changed pages that the account already stored before this run.
+        var reusedThisRun: Set<ChunkID> = []
         var buffer = PackBuffer()
         var inFlight = 0
         var unpublished: [SealedPack] = []
@@ -193,6 +195,7 @@ public struct DedupRepository: BackupRepository {
                 }
                 if !candidates.isEmpty {
                     let existing = try await index.existingChunks(accountID: target.accountID, ids: Array(Set(candidates.map(\.id))))
+                    state.reusedThisRun.formUnion(existing)
                     for candidate in candidates where !existing.contains(candidate.id) && !state.storedThisRun.contains(candidate.id) {
                         try await add(candidate.id, bytes[candidate.offset..<(candidate.offset + pageSize)], to: &state, tasks: &tasks,
                                       accountID: target.accountID, keys: keys)
@@ -211,14 +214,20 @@ public struct DedupRepository: BackupRepository {
                                       entries: .delta(changed.map { ($0, map[$0]) }), metadata: [:])
             let (storedBytes, referenced) = try await deltaStoredBytes(
                 parent: parentLayer, parentMap: parentMap, map: map, changed: changed, state: state, accountID: target.accountID)
-            return try await writeLayer(delta, chunkIDs: referenced, parent: parentLayer, depth: parentLayer.depth + 1, storedBytes: storedBytes,
-                                        storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
+            return try await writeLayer(delta, chunkIDs: referenced, reused: referenced.filter { !state.storedThisRun.contains($0) }, parent: parentLayer,
+                                        depth: parentLayer.depth + 1, storedBytes: storedBytes, accountID: target.accountID, keys: keys)
         }
-        let distinct = Array(Set(map))
-        let storedBytes = try await state.newStoredBytes + storedLength(of: distinct.filter { !state.storedThisRun.contains($0) }, accountID: target.accountID)
+        // Without a parent every page was a candidate, so the distinct chunks are the ones this run
+        // stored plus the ones it found stored already: no set over the whole map is needed.
+        let reused = parentMap.isEmpty ? Array(state.reusedThisRun) : Array(Set(map).subtracting(state.storedThisRun))
+        let chunkIDs = Array(state.storedThisRun) + reused
+        let storedBytes = try await state.newStoredBytes + storedLength(of: reused, accountID: target.accountID)
+        // This run's bookkeeping is no longer needed; free it before the manifest is sealed.
+        state = StoreState()
+        parentMap = []
         let full = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize), entries: .pages(map), metadata: [:])
-        return try await writeLayer(full, chunkIDs: distinct, parent: nil, depth: 0, storedBytes: storedBytes,
-                                    storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
+        return try await writeLayer(full, chunkIDs: chunkIDs, reused: reused, parent: nil, depth: 0, storedBytes: storedBytes,
+                                    accountID: target.accountID, keys: keys)
     }
 
     /// HMAC of every page of a batch, spread over the cores.
@@ -272,8 +281,9 @@ public struct DedupRepository: BackupRepository {
         return (max(0, parent.storedBytes + gained - lost), Array(touchedNew))
     }
 
-    /// Seals and stores a manifest and records it with the distinct `chunkIDs` it refers to.
-    func writeLayer(_ layer: ManifestLayer, chunkIDs: [ChunkID], parent: LayerRecord?, depth: Int, storedBytes: Int64, storedThisRun: Set<ChunkID>, accountID: String, keys: AccountKeys) async throws -> StoredObject {
+    /// Seals and stores a manifest and records it with the distinct `chunkIDs` it refers to, of
+    /// which `reused` existed before this run (checked again as the manifest is recorded).
+    func writeLayer(_ layer: ManifestLayer, chunkIDs: [ChunkID], reused: [ChunkID], parent: LayerRecord?, depth: Int, storedBytes: Int64, accountID: String, keys: AccountKeys) async throws -> StoredObject {
         let layerID = "mf" + ids.randomString(count: 22)
         // Manifests are mostly random chunk ids: compressing them costs memory and time for nothing.
         let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: .none, compressor: ZstdCompressor())
@@ -282,7 +292,7 @@ public struct DedupRepository: BackupRepository {
             id: layerID, accountID: accountID, parentID: parent?.id, depth: depth, kind: layer.kind, pageSize: layer.pageSize,
             entryCount: layer.totalCount, logicalSize: layer.logicalSize, storedBytes: storedBytes, objectChecksum: checksum, createdAt: clock.now())
         try await blobs.put(record.objectKey, sealed)
-        try await index.insertLayer(record, chunkIDs: chunkIDs, reused: chunkIDs.filter { !storedThisRun.contains($0) })
+        try await index.insertLayer(record, chunkIDs: chunkIDs, reused: reused)
         return StoredObject(key: layerID, sizeBytes: layer.logicalSize, checksum: checksum, storedBytes: storedBytes)
     }
 
@@ -314,8 +324,9 @@ public struct DedupRepository: BackupRepository {
         }
         let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
         let distinct = Array(Set(entries.map(\.id)))
-        let stored = try await state.newStoredBytes + storedLength(of: distinct.filter { !state.storedThisRun.contains($0) }, accountID: target.accountID)
-        return try await writeLayer(layer, chunkIDs: distinct, parent: nil, depth: 0, storedBytes: stored, storedThisRun: state.storedThisRun, accountID: target.accountID, keys: keys)
+        let reused = distinct.filter { !state.storedThisRun.contains($0) }
+        let stored = try await state.newStoredBytes + storedLength(of: reused, accountID: target.accountID)
+        return try await writeLayer(layer, chunkIDs: distinct, reused: reused, parent: nil, depth: 0, storedBytes: stored, accountID: target.accountID, keys: keys)
     }
 
     // MARK: Reading manifests
