@@ -89,7 +89,7 @@ public struct GarbageCollector: Sendable {
         let report = try await service.repository.collectGarbage(now: service.clock.now())
         if report != GarbageReport() {
             logger.info("garbage collected", metadata: [
-                "gc.layers": "\(report.layersDropped)", "gc.chunks": "\(report.chunksDeleted)", "gc.packs": "\(report.packsRetired)",
+                "gc.layers": "\(report.layersDropped)", "gc.chunks": "\(report.chunksDeleted)", "gc.packs": "\(report.packsRetired)", "gc.rewritten": "\(report.packsRewritten)",
                 "gc.objects": "\(report.objectsDeleted)", "gc.orphans": "\(report.orphansDeleted)",
             ])
         }

@@ -34,6 +34,7 @@ public struct GarbageReport: Sendable, Equatable {
     public var layersDropped = 0
     public var chunksDeleted = 0
     public var packsRetired = 0
+    public var packsRewritten = 0
     public var objectsDeleted = 0
     public var orphansDeleted = 0
     public init() {}

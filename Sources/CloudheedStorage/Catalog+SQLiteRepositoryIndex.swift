@@ -298,6 +298,46 @@ extension SQLiteCatalog: RepositoryIndex {
         }
     }
 
+    public func sparsePacks(createdBefore: Date, maxLiveFraction: Double, limit: Int) async throws -> [(pack: PackRecord, live: [ChunkLocation])] {
+        try await pool.read { db in
+            let packs = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT p.* FROM packs p JOIN accounts a ON a.id = p.account_id AND a.deleted_at IS NULL
+                    WHERE p.created_at < ?
+                      AND (SELECT COALESCE(SUM(c.length), 0) FROM chunks c WHERE c.pack_id = p.id) < ? * p.plain_size
+                      AND EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)
+                    ORDER BY p.created_at LIMIT ?
+                    """,
+                arguments: [ms(createdBefore), maxLiveFraction, limit])
+            return try packs.map { row in
+                let pack = PackRecord(id: row["id"], accountID: row["account_id"], storedSize: row["stored_size"], plainSize: row["plain_size"], createdAt: date(row["created_at"]))
+                let live = try Row.fetchAll(db, sql: "SELECT id, offset, length, stored_length FROM chunks WHERE pack_id = ? ORDER BY offset", arguments: [pack.id]).map { c in
+                    ChunkLocation(id: (c["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }, packID: pack.id, offset: c["offset"], length: c["length"], storedLength: c["stored_length"])
+                }
+                return (pack, live)
+            }
+        }
+    }
+
+    public func relocateChunks(from oldPackID: String, to newPack: PackRecord, chunks: [ChunkLocation], now: Date, grace: TimeInterval) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO packs (id, account_id, stored_size, plain_size, created_at) VALUES (?, ?, ?, ?, ?)",
+                arguments: [newPack.id, newPack.accountID, newPack.storedSize, newPack.plainSize, ms(newPack.createdAt)])
+            // Only chunks still in the old pack move; one GC removed meanwhile stays removed.
+            let move = try db.makeStatement(sql: "UPDATE chunks SET pack_id = ?, offset = ?, stored_length = ? WHERE account_id = ? AND id = ? AND pack_id = ?")
+            for chunk in chunks {
+                try move.execute(arguments: [newPack.id, chunk.offset, chunk.storedLength, newPack.accountID, Data(chunk.id.bytes), oldPackID])
+            }
+            guard try Bool.fetchOne(db, sql: "SELECT 1 FROM chunks WHERE pack_id = ?", arguments: [oldPackID]) == nil else { return }
+            try db.execute(
+                sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                arguments: ["packs/\(oldPackID)", ms(now.addingTimeInterval(grace))])
+            try db.execute(sql: "DELETE FROM packs WHERE id = ?", arguments: [oldPackID])
+        }
+    }
+
     public func dueGarbageObjects(now: Date, limit: Int) async throws -> [String] {
         try await pool.read { db in
             try String.fetchAll(db, sql: "SELECT key FROM garbage_objects WHERE deletable_at <= ? ORDER BY deletable_at LIMIT ?", arguments: [ms(now), limit])

@@ -576,6 +576,27 @@ public struct DedupRepository: BackupRepository {
         try await index.uniqueBytes(layerID: object.key)
     }
 
+    /// Copies the live chunks of mostly-dead packs into new packs, so the space of pages no backup
+    /// uses any more is reclaimed; the old pack is deleted after the grace period. Every copied
+    /// chunk is authenticated and checked against its id on the way.
+    func rewriteSparsePacks(createdBefore cutoff: Date, now: Date) async throws -> Int {
+        var rewritten = 0
+        for (pack, live) in try await index.sparsePacks(createdBefore: cutoff, maxLiveFraction: 0.5, limit: 64) {
+            let keys = try await keys(pack.accountID)
+            let plaintext = try await openPack(pack.id, keys: keys)
+            var buffer = PackBuffer()
+            for location in live {
+                buffer.chunks.append((location.id, try extract(location, from: plaintext, keys: keys)))
+                buffer.size += location.length
+            }
+            let copy = try await sealAndUpload(buffer, accountID: pack.accountID, keys: keys)
+            try await blobs.syncBuffered()
+            try await index.relocateChunks(from: pack.id, to: copy.record, chunks: copy.locations, now: now, grace: grace)
+            rewritten += 1
+        }
+        return rewritten
+    }
+
     public func forgetKeys(accountID: String) {
         keyRing.forget(accountID: accountID)
     }
@@ -588,6 +609,7 @@ public struct DedupRepository: BackupRepository {
         report.layersDropped = try await index.releaseAbandonedLayers(createdBefore: cutoff, now: now, grace: grace)
         report.chunksDeleted = try await index.deleteUnreferencedChunks(createdBefore: cutoff)
         report.packsRetired = try await index.retireEmptyPacks(now: now, grace: grace)
+        report.packsRewritten = try await rewriteSparsePacks(createdBefore: cutoff, now: now)
         while true {
             let due = try await index.dueGarbageObjects(now: now, limit: 500)
             for key in due { try await blobs.delete(key) }

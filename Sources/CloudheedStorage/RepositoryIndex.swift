@@ -99,6 +99,12 @@ public protocol RepositoryIndex: AccountKeyStore {
     func deleteUnreferencedChunks(createdBefore: Date) async throws -> Int
     /// Forgets packs without chunks, queueing their objects for deletion after the grace period.
     func retireEmptyPacks(now: Date, grace: TimeInterval) async throws -> Int
+    /// Packs created before `createdBefore` whose live chunks hold less than `maxLiveFraction` of
+    /// their bytes (accounts not deleted), with those live chunks: candidates for rewriting.
+    func sparsePacks(createdBefore: Date, maxLiveFraction: Double, limit: Int) async throws -> [(pack: PackRecord, live: [ChunkLocation])]
+    /// Points the chunks still in `oldPackID` at their copies in `newPack` (already durable), and
+    /// retires the old pack if nothing is left in it, all in one transaction.
+    func relocateChunks(from oldPackID: String, to newPack: PackRecord, chunks: [ChunkLocation], now: Date, grace: TimeInterval) async throws
     /// Objects whose deletion is due.
     func dueGarbageObjects(now: Date, limit: Int) async throws -> [String]
     func forgetGarbageObjects(_ keys: [String]) async throws

@@ -398,6 +398,38 @@ struct GarbageCollectionTests {
         throw RepositoryError(.missing, "no backup holds \(object.key)")
     }
 
+    @Test("GC rewrites a mostly-dead pack: the live chunks move to a new pack, the old one goes after the grace period, every backup stays whole")
+    func rewritesSparsePacks() async throws {
+        let f = try await RepositoryFixture(grace: 600)
+        defer { f.cleanup() }
+        // 16 pages a pack (64 KiB packs): a backup of 32 pages fills two.
+        let pages = (0..<32).map { _ in randomBytes(4096) }
+        let first = try await f.storePages(pages)
+        try await f.record(first)
+        // Another database keeps only 4 of the first pack's pages (and stores 12 of its own).
+        let keptPages = Array(pages[0..<4]) + (0..<12).map { _ in randomBytes(4096) }
+        let kept = try await f.storePages(keptPages)
+        try await f.record(kept)
+        #expect(f.objects("packs").count == 3)
+
+        let id = try await GarbageCollectionTests().backupID(of: first, f)
+        let backup = try #require(try await f.catalog.backup(id: id))
+        _ = try await f.catalog.deleteManualBackup(id: id, databaseID: backup.databaseID, accountID: "acct-a", at: f.clock.now())
+        f.clock.advance(by: 601)
+        let report = try await f.repository.collectGarbage(now: f.clock.now())
+        #expect(report.chunksDeleted == 28)
+        #expect(report.packsRetired == 1, "the pack with no live chunk")
+        #expect(report.packsRewritten == 1, "the pack with 4 of 16 live")
+        #expect(try await f.restorePages(kept) == keptPages.flatMap { $0 })
+        #expect(try await f.repository.verify(kept, accountID: "acct-a").isSound)
+        // Within the grace period the old packs are still there for readers; after it, gone.
+        #expect(f.objects("packs").count == 4)
+        f.clock.advance(by: 601)
+        _ = try await f.repository.collectGarbage(now: f.clock.now())
+        #expect(f.objects("packs").count == 2)
+        #expect(try await f.restorePages(kept) == keptPages.flatMap { $0 })
+    }
+
     @Test("A layer reusing a chunk that GC removed is refused, never recorded dangling")
     func manifestInsertChecksChunks() async throws {
         let f = try await RepositoryFixture(grace: 0)
