@@ -11,7 +11,9 @@ public enum CompressionSetting: Sendable, Equatable, CustomStringConvertible {
     public static func parse(_ text: String) -> CompressionSetting? {
         if text == "none" { return CompressionSetting.none }
         let digits = text.hasPrefix("zstd:") ? String(text.dropFirst(5)) : text
-        guard let level = Int32(digits), (1...Int32(ZSTD_maxCLevel())).contains(level) else { return nil }
+        // Levels above 19 are zstd's "ultra" levels, whose windows need far more memory than the
+        // service's bound allows.
+        guard let level = Int32(digits), (1...19).contains(level) else { return nil }
         return .zstd(level: level)
     }
 

@@ -565,3 +565,26 @@ struct ChunkIDTests {
         #expect(id.description.count == 64)
     }
 }
+
+@Suite("Settings parsing")
+struct SettingsParsingTests {
+    @Test("Compression settings: a zstd level 1-19, zstd:N, or none; anything else refused")
+    func compression() {
+        #expect(CompressionSetting.parse("3") == .zstd(level: 3))
+        #expect(CompressionSetting.parse("zstd:19") == .zstd(level: 19))
+        #expect(CompressionSetting.parse("none") == CompressionSetting.none)
+        for bad in ["0", "20", "-1", "zstd", "fast", ""] { #expect(CompressionSetting.parse(bad) == nil, "\(bad)") }
+    }
+
+    @Test("Master keys: exactly 32 bytes or 64 hexadecimal characters")
+    func masterKeys() throws {
+        let (_, hex) = MasterKey.generate()
+        #expect(hex.count == 64)
+        _ = try MasterKey(hex: hex)
+        _ = try MasterKey(hex: hex.uppercased() + "\n")
+        for bad in ["", String(hex.dropLast()), hex + "00", String(repeating: "g", count: 64)] {
+            #expect(throws: KeyError.self) { try MasterKey(hex: bad) }
+        }
+        #expect(throws: KeyError.self) { try MasterKey(bytes: [UInt8](repeating: 1, count: 31)) }
+    }
+}
