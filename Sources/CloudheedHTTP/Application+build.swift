@@ -79,9 +79,8 @@ public struct Components: Sendable {
         // Scratch files belong to jobs of an earlier run; their jobs restart from scratch.
         try? FileManager.default.removeItem(atPath: scratch)
         let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
-        let repository = DedupRepository(
-            index: catalog, blobs: try FileBlobStore(root: root + "/repository"), keyRing: KeyRing(master: masterKey, store: catalog),
-            clock: clock, ids: ids, compression: compression, grace: garbageGrace)
+        let repository = try DedupRepository.local(
+            root: root + "/repository", catalog: catalog, masterKey: masterKey, clock: clock, ids: ids, compression: compression, grace: garbageGrace)
         let engines = EngineRegistry([try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)])
         let service = BackupService(
             catalog: catalog, repository: repository, engines: engines, clock: clock, ids: ids, signal: WorkSignal(), settings: settings)

@@ -629,3 +629,17 @@ public struct DedupRepository: BackupRepository {
         return report
     }
 }
+
+extension DedupRepository {
+    /// The single-machine layout: objects in `root` on local disk, the index in the SQLite catalog.
+    /// `sweepIncoming` only for the process that owns the directory (see `FileBlobStore`).
+    public static func local(
+        root: String, catalog: SQLiteCatalog, masterKey: MasterKey, clock: any WallClock = SystemWallClock(),
+        ids: any IDGenerator = SecureIDGenerator(), compression: CompressionSetting = .default, grace: TimeInterval = 3600,
+        sweepIncoming: Bool = true
+    ) throws -> DedupRepository {
+        DedupRepository(
+            index: catalog, blobs: try FileBlobStore(root: root, sweepIncoming: sweepIncoming), keyRing: KeyRing(master: masterKey, store: catalog),
+            clock: clock, ids: ids, compression: compression, grace: grace)
+    }
+}

@@ -37,9 +37,7 @@ func openRepository(_ directory: String) async throws -> (DedupRepository, SQLit
             Account(id: "acct-bench", name: "bench", storageQuotaBytes: 1 << 50, createdAt: Date()),
             token: StoredToken(id: "tok-bench", accountID: "acct-bench", secretHash: [0], createdAt: Date()))
     }
-    let repository = DedupRepository(
-        index: catalog, blobs: try FileBlobStore(root: directory + "/repository"), keyRing: KeyRing(master: key, store: catalog),
-        clock: SystemWallClock(), ids: SecureIDGenerator())
+    let repository = try DedupRepository.local(root: directory + "/repository", catalog: catalog, masterKey: key)
     return (repository, catalog)
 }
 

@@ -44,9 +44,7 @@ struct Verify: AsyncParsableCommand {
     func run() async throws {
         let catalog = try options.catalog()
         let (key, _) = try options.masterKey()
-        let repository = DedupRepository(
-            index: catalog, blobs: try FileBlobStore(root: options.directory + "/repository", sweepIncoming: false),
-            keyRing: KeyRing(master: key, store: catalog), clock: SystemWallClock(), ids: SecureIDGenerator())
+        let repository = try DedupRepository.local(root: options.directory + "/repository", catalog: catalog, masterKey: key, sweepIncoming: false)
         var backups = try await catalog.completedBackups()
         if let backup {
             backups = backups.filter { $0.id == backup }

@@ -33,9 +33,7 @@ struct EngineFixture {
         try await catalog.createAccount(
             Account(id: "acct-engine", name: "engine", storageQuotaBytes: 1 << 40, createdAt: Date()),
             token: StoredToken(id: "tok-engine", accountID: "acct-engine", secretHash: [0], createdAt: Date()))
-        repository = DedupRepository(
-            index: catalog, blobs: try FileBlobStore(root: directory + "/repository"),
-            keyRing: KeyRing(master: MasterKey.generate().0, store: catalog), clock: SystemWallClock(), ids: SecureIDGenerator())
+        repository = try DedupRepository.local(root: directory + "/repository", catalog: catalog, masterKey: MasterKey.generate().0)
     }
 
     func target(_ backupID: String, parent: StoredObject? = nil) -> BackupTarget {

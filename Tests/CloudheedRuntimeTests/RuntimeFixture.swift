@@ -33,9 +33,8 @@ struct RuntimeFixture: Sendable {
         let ids = SecureIDGenerator()
         service = BackupService(
             catalog: catalog,
-            repository: DedupRepository(
-                index: catalog, blobs: try FileBlobStore(root: directory + "/repository"),
-                keyRing: KeyRing(master: MasterKey.generate().0, store: catalog), clock: clock, ids: ids, grace: grace),
+            repository: try DedupRepository.local(
+                root: directory + "/repository", catalog: catalog, masterKey: MasterKey.generate().0, clock: clock, ids: ids, grace: grace),
             engines: EngineRegistry([try SQLiteEngine(databasesDirectory: directory + "/databases", scratchDirectory: directory + "/tmp")]),
             clock: clock, ids: ids, signal: WorkSignal(), settings: settings)
         scheduler = Scheduler(service: service, logger: logger)
