@@ -61,7 +61,7 @@ struct BackupController {
         let account = try context.requireAccount()
         let backupID = try context.parameters.require("backupID")
         try await service.deleteBackup(
-            accountID: account.id, databaseID: try context.parameters.require("id"), backupID: backupID, logger: context.logger)
+            accountID: account.id, databaseID: try context.parameters.require("id"), backupID: backupID)
         context.logger.info("manual backup deleted", metadata: ["backup.id": "\(backupID)"])
         return Response(status: .noContent)
     }

@@ -61,7 +61,7 @@ struct DatabaseController {
     @Sendable func delete(_ request: Request, context: AppRequestContext) async throws -> Response {
         let account = try context.requireAccount()
         let id = try context.parameters.require("id")
-        try await service.deleteDatabase(accountID: account.id, id: id, logger: context.logger)
+        try await service.deleteDatabase(accountID: account.id, id: id)
         context.logger.info("database deleted", metadata: ["database.id": "\(id)"])
         return json(representation(try await service.database(accountID: account.id, id: id)))
     }

@@ -116,7 +116,7 @@ public struct BackupService: Sendable {
         return try await catalog.updateDatabase(id: id, accountID: accountID, changes: changes)
     }
 
-    public func deleteDatabase(accountID: String, id: String, logger: Logger) async throws {
+    public func deleteDatabase(accountID: String, id: String) async throws {
         let database = try await self.database(accountID: accountID, id: id)
         // Its automatic backups' data is released in the same transaction; GC removes it.
         _ = try await catalog.markDatabaseDeleted(id: id, accountID: accountID, at: clock.now())
@@ -155,7 +155,7 @@ public struct BackupService: Sendable {
         return backup
     }
 
-    public func deleteBackup(accountID: String, databaseID: String, backupID: String, logger: Logger) async throws {
+    public func deleteBackup(accountID: String, databaseID: String, backupID: String) async throws {
         _ = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
         // Releasing its data is part of the same transaction; GC removes what nothing else uses.
         _ = try await catalog.deleteManualBackup(id: backupID, databaseID: databaseID, accountID: accountID, at: clock.now())

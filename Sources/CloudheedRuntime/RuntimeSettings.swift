@@ -14,8 +14,6 @@ public struct RuntimeSettings: Sendable {
     public var schedulerInterval: Duration
     /// Storage quota of accounts created without one.
     public var defaultQuotaBytes: Int64
-    /// Age after which an unreferenced repository object is swept away.
-    public var orphanGracePeriod: Duration
 
     public init(
         workers: Int = ProcessInfo.processInfo.activeProcessorCount,
@@ -23,8 +21,7 @@ public struct RuntimeSettings: Sendable {
         maxAttempts: Int = 3,
         pollInterval: Duration = .seconds(2),
         schedulerInterval: Duration = .seconds(60),
-        defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024,
-        orphanGracePeriod: Duration = .seconds(3600)
+        defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024
     ) {
         self.workers = workers
         self.leaseDuration = leaseDuration
@@ -32,6 +29,5 @@ public struct RuntimeSettings: Sendable {
         self.pollInterval = pollInterval
         self.schedulerInterval = schedulerInterval
         self.defaultQuotaBytes = defaultQuotaBytes
-        self.orphanGracePeriod = orphanGracePeriod
     }
 }

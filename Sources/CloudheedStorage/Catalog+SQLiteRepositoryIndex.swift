@@ -369,12 +369,4 @@ extension SQLiteCatalog: RepositoryIndex {
             return known
         }
     }
-
-    public func packs(accountID: String) async throws -> [PackRecord] {
-        try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM packs WHERE account_id = ? ORDER BY created_at, id", arguments: [accountID]).map {
-                PackRecord(id: $0["id"], accountID: $0["account_id"], storedSize: $0["stored_size"], plainSize: $0["plain_size"], createdAt: date($0["created_at"]))
-            }
-        }
-    }
 }

@@ -110,6 +110,4 @@ public protocol RepositoryIndex: AccountKeyStore {
     func forgetGarbageObjects(_ keys: [String]) async throws
     /// Which of `keys` the index knows (packs, manifests, or queued garbage).
     func knownObjectKeys(_ keys: [String]) async throws -> Set<String>
-    /// Every pack of an account, for verification and statistics.
-    func packs(accountID: String) async throws -> [PackRecord]
 }

@@ -73,7 +73,7 @@ struct RecoveryTests {
         #expect(try await f.service.catalog.database(id: target.id)?.status == .failed)
         #expect(!FileManager.default.fileExists(atPath: target.location))
         // Deleting the failed database removes what the dead attempts left.
-        try await f.service.deleteDatabase(accountID: target.accountID, id: target.id, logger: f.logger)
+        try await f.service.deleteDatabase(accountID: target.accountID, id: target.id)
         let leftovers = try FileManager.default.contentsOfDirectory(atPath: (target.location as NSString).deletingLastPathComponent)
             .filter { $0.hasPrefix(target.id) }
         #expect(leftovers.isEmpty, "\(leftovers)")
