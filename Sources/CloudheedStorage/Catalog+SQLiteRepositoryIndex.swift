@@ -129,16 +129,9 @@ extension SQLiteCatalog: RepositoryIndex {
 
     public func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID> {
         try await pool.read { db in
-            var found = Set<ChunkID>()
-            for start in stride(from: 0, to: ids.count, by: Self.batch) {
-                let slice = ids[start..<min(start + Self.batch, ids.count)]
-                let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
-                let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
-                for data in try Data.fetchAll(db, sql: "SELECT id FROM chunks WHERE account_id = ? AND id IN (\(marks))", arguments: arguments) {
-                    found.insert(data.withUnsafeBytes { ChunkID(raw: $0) })
-                }
-            }
-            return found
+            Set(try Self.chunkRows(accountID: accountID, ids: ids, columns: "id", db).map { row in
+                (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }
+            })
         }
     }
 
@@ -160,21 +153,34 @@ extension SQLiteCatalog: RepositoryIndex {
 
     public func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation] {
         try await pool.read { db in
-            var found: [ChunkID: ChunkLocation] = [:]
-            for start in stride(from: 0, to: ids.count, by: Self.batch) {
-                let slice = ids[start..<min(start + Self.batch, ids.count)]
-                let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
-                let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
-                let rows = try Row.fetchAll(
-                    db, sql: "SELECT id, pack_id, offset, length, stored_length FROM chunks WHERE account_id = ? AND id IN (\(marks))",
-                    arguments: arguments)
-                for row in rows {
-                    let id = (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }
-                    found[id] = ChunkLocation(id: id, packID: row["pack_id"], offset: row["offset"], length: row["length"], storedLength: row["stored_length"])
-                }
-            }
-            return found
+            let rows = try Self.chunkRows(accountID: accountID, ids: ids, columns: "id, pack_id, offset, length, stored_length", db)
+            return Dictionary(rows.map(Self.chunkLocation).map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         }
+    }
+
+    /// The account's chunk rows among `ids`, looked up in batches of `IN (...)` lists.
+    static func chunkRows(accountID: String, ids: [ChunkID], columns: String, _ db: GRDB.Database) throws -> [Row] {
+        var rows: [Row] = []
+        for start in stride(from: 0, to: ids.count, by: batch) {
+            let slice = ids[start..<min(start + batch, ids.count)]
+            let marks = Array(repeating: "?", count: slice.count).joined(separator: ",")
+            let arguments = StatementArguments([accountID.databaseValue] + slice.map { Data($0.bytes).databaseValue })
+            rows += try Row.fetchAll(db, sql: "SELECT \(columns) FROM chunks WHERE account_id = ? AND id IN (\(marks))", arguments: arguments)
+        }
+        return rows
+    }
+
+    static func chunkLocation(_ row: Row) -> ChunkLocation {
+        ChunkLocation(
+            id: (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }, packID: row["pack_id"], offset: row["offset"],
+            length: row["length"], storedLength: row["stored_length"])
+    }
+
+    /// Queues an object for deletion once the grace period has passed.
+    static func queueGarbage(_ key: String, deletableAt: Date, _ db: GRDB.Database) throws {
+        try db.execute(
+            sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+            arguments: [key, ms(deletableAt)])
     }
 
     // MARK: Layers
@@ -244,9 +250,7 @@ extension SQLiteCatalog: RepositoryIndex {
     }
 
     static func dropLayer(_ id: String, now: Date, grace: TimeInterval, _ db: GRDB.Database) throws {
-        try db.execute(
-            sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-            arguments: ["manifests/\(id)", ms(now.addingTimeInterval(grace))])
+        try queueGarbage("manifests/\(id)", deletableAt: now.addingTimeInterval(grace), db)
         try db.execute(sql: "DELETE FROM layer_chunks WHERE layer_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM layers WHERE id = ?", arguments: [id])
     }
@@ -289,9 +293,7 @@ extension SQLiteCatalog: RepositoryIndex {
         try await pool.write { db in
             let ids = try String.fetchAll(db, sql: "SELECT id FROM packs p WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.pack_id = p.id)")
             for id in ids {
-                try db.execute(
-                    sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                    arguments: ["packs/\(id)", ms(now.addingTimeInterval(grace))])
+                try Self.queueGarbage("packs/\(id)", deletableAt: now.addingTimeInterval(grace), db)
                 try db.execute(sql: "DELETE FROM packs WHERE id = ?", arguments: [id])
             }
             return ids.count
@@ -312,9 +314,9 @@ extension SQLiteCatalog: RepositoryIndex {
                 arguments: [ms(createdBefore), maxLiveFraction, limit])
             return try packs.map { row in
                 let pack = PackRecord(id: row["id"], accountID: row["account_id"], storedSize: row["stored_size"], plainSize: row["plain_size"], createdAt: date(row["created_at"]))
-                let live = try Row.fetchAll(db, sql: "SELECT id, offset, length, stored_length FROM chunks WHERE pack_id = ? ORDER BY offset", arguments: [pack.id]).map { c in
-                    ChunkLocation(id: (c["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }, packID: pack.id, offset: c["offset"], length: c["length"], storedLength: c["stored_length"])
-                }
+                let live = try Row.fetchAll(
+                    db, sql: "SELECT id, pack_id, offset, length, stored_length FROM chunks WHERE pack_id = ? ORDER BY offset", arguments: [pack.id]
+                ).map(Self.chunkLocation)
                 return (pack, live)
             }
         }
@@ -331,9 +333,7 @@ extension SQLiteCatalog: RepositoryIndex {
                 try move.execute(arguments: [newPack.id, chunk.offset, chunk.storedLength, newPack.accountID, Data(chunk.id.bytes), oldPackID])
             }
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM chunks WHERE pack_id = ?", arguments: [oldPackID]) == nil else { return }
-            try db.execute(
-                sql: "INSERT INTO garbage_objects (key, deletable_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                arguments: ["packs/\(oldPackID)", ms(now.addingTimeInterval(grace))])
+            try Self.queueGarbage("packs/\(oldPackID)", deletableAt: now.addingTimeInterval(grace), db)
             try db.execute(sql: "DELETE FROM packs WHERE id = ?", arguments: [oldPackID])
         }
     }

@@ -70,7 +70,7 @@ public struct DedupRepository: BackupRepository {
     func sealAndUpload(_ buffer: PackBuffer, accountID: String, keys: AccountKeys) async throws -> SealedPack {
         let packID = ids.randomString(count: 24)
         let (plaintext, offsets) = PackLayout.encode(buffer.chunks)
-        let sealed = try SealedUnit.seal(plaintext, kind: .pack, id: packID, key: keys.encryptionKey, compression: compression, compressor: ZstdCompressor())
+        let sealed = try SealedUnit.seal(plaintext, kind: .pack, id: packID, key: keys.encryptionKey, compression: compression)
         let record = PackRecord(id: packID, accountID: accountID, storedSize: sealed.count, plainSize: plaintext.count, createdAt: clock.now())
         // Durable later, in a group (`publish`), before any index row points into it.
         try await blobs.putBuffered(record.objectKey, sealed)
@@ -286,7 +286,7 @@ public struct DedupRepository: BackupRepository {
     func writeLayer(_ layer: ManifestLayer, chunkIDs: [ChunkID], reused: [ChunkID], parent: LayerRecord?, depth: Int, storedBytes: Int64, accountID: String, keys: AccountKeys) async throws -> StoredObject {
         let layerID = "mf" + ids.randomString(count: 22)
         // Manifests are mostly random chunk ids: compressing them costs memory and time for nothing.
-        let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: .none, compressor: ZstdCompressor())
+        let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: .none)
         let checksum = Array(SHA256.hash(data: sealed)).hex
         let record = LayerRecord(
             id: layerID, accountID: accountID, parentID: parent?.id, depth: depth, kind: layer.kind, pageSize: layer.pageSize,

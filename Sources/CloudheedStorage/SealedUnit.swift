@@ -15,10 +15,10 @@ enum SealedUnit {
         Array("cloudheed/\(kind.rawValue)/v1/\(id)".utf8) + [version, flags]
     }
 
-    static func seal(_ plaintext: [UInt8], kind: Kind, id: String, key: SymmetricKey, compression: CompressionSetting, compressor: ZstdCompressor) throws -> [UInt8] {
+    static func seal(_ plaintext: [UInt8], kind: Kind, id: String, key: SymmetricKey, compression: CompressionSetting) throws -> [UInt8] {
         var flags: UInt8 = 0
         var body = plaintext
-        if case .zstd(let level) = compression, let compressed = compressor.compress(plaintext, level: level) {
+        if case .zstd(let level) = compression, let compressed = ZstdCompressor().compress(plaintext, level: level) {
             flags |= 1
             body = compressed
         }

@@ -25,8 +25,8 @@ public enum CompressionSetting: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
-/// One zstd compression context, reused across calls by a single task (contexts are not
-/// thread-safe; creating one per 4 MiB pack would cost more than the compression).
+/// A zstd compression context, used by one task at a time (contexts are not thread-safe). One is
+/// made per sealed pack: creating it is cheap next to compressing about 4 MiB.
 final class ZstdCompressor {
     private let context: OpaquePointer
 
