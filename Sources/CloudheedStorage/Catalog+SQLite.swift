@@ -116,6 +116,10 @@ public final class SQLiteCatalog: Catalog {
         migrator.registerMigration("v3-account-deletion") { db in
             try db.execute(sql: "ALTER TABLE accounts ADD COLUMN deleted_at INTEGER")
         }
+        // Manifests in segments (`ManifestHeader`): a layer's objects are its header and its segments.
+        migrator.registerMigration("v4-manifest-segments") { db in
+            try db.execute(sql: "ALTER TABLE layers ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
+        }
         return migrator
     }
 

@@ -185,27 +185,47 @@ extension SQLiteCatalog: RepositoryIndex {
 
     // MARK: Layers
 
-    public func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID], reused: [ChunkID]) async throws {
+    public func openLayer(_ layer: LayerRecord) async throws {
         try await pool.write { db in
-            let check = try db.makeStatement(sql: "SELECT 1 FROM chunks WHERE account_id = ? AND id = ?")
-            var missing = 0
-            for id in reused where try Bool.fetchOne(check, arguments: [layer.accountID, Data(id.bytes)]) == nil { missing += 1 }
-            guard missing == 0 else {
-                throw RepositoryError(.chunksCollected, "\(missing) chunks this backup reuses were garbage-collected while it ran")
-            }
             if let parent = layer.parentID {
-                try db.execute(sql: "UPDATE layers SET refs = refs + 1 WHERE id = ?", arguments: [parent])
+                try db.execute(sql: "UPDATE layers SET refs = refs + 1 WHERE id = ? AND object_checksum <> ''", arguments: [parent])
                 guard db.changesCount == 1 else { throw RepositoryError(.chunksCollected, "the parent manifest was garbage-collected while the backup ran") }
             }
             try db.execute(
                 sql: """
-                    INSERT INTO layers (id, account_id, parent_id, depth, kind, page_size, entry_count, logical_size, stored_bytes, object_checksum, refs, created_at)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+                    INSERT INTO layers (id, account_id, parent_id, depth, kind, page_size, entry_count, logical_size, stored_bytes, object_checksum, segments, refs, created_at)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, '', 0, 0, ?)
                     """,
                 arguments: [layer.id, layer.accountID, layer.parentID, layer.depth, layer.kind.rawValue, layer.pageSize, layer.entryCount,
-                            layer.logicalSize, layer.storedBytes, layer.objectChecksum, ms(layer.createdAt)])
+                            layer.logicalSize, layer.storedBytes, ms(layer.createdAt)])
+        }
+    }
+
+    public func addLayerReferences(layerID: String, accountID: String, ids: [ChunkID]) async throws -> [ChunkID: Int] {
+        guard !ids.isEmpty else { return [:] }
+        return try await pool.write { db in
+            let rows = try Self.chunkRows(accountID: accountID, ids: ids, columns: "id, stored_length", db)
+            var lengths: [ChunkID: Int] = [:]
+            lengths.reserveCapacity(rows.count)
+            for row in rows { lengths[(row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }] = row["stored_length"] }
+            guard lengths.count == Set(ids).count else {
+                throw RepositoryError(.chunksCollected, "\(Set(ids).count - lengths.count) chunks this backup refers to were garbage-collected while it ran")
+            }
             let insert = try db.makeStatement(sql: "INSERT INTO layer_chunks (layer_id, account_id, chunk_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
-            for id in chunkIDs { try insert.execute(arguments: [layer.id, layer.accountID, Data(id.bytes)]) }
+            for id in lengths.keys { try insert.execute(arguments: [layerID, accountID, Data(id.bytes)]) }
+            return lengths
+        }
+    }
+
+    public func finishLayer(_ layer: LayerRecord) async throws {
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE layers SET entry_count = ?, logical_size = ?, stored_bytes = ?, object_checksum = ?, segments = ?
+                    WHERE id = ? AND object_checksum = ''
+                    """,
+                arguments: [layer.entryCount, layer.logicalSize, layer.storedBytes, layer.objectChecksum, layer.segments, layer.id])
+            guard db.changesCount == 1 else { throw RepositoryError(.chunksCollected, "the manifest being written was garbage-collected before it was finished") }
         }
     }
 
@@ -216,7 +236,7 @@ extension SQLiteCatalog: RepositoryIndex {
                     id: row["id"], accountID: row["account_id"], parentID: row["parent_id"], depth: row["depth"],
                     kind: LayerRecord.Kind(rawValue: row["kind"])!, pageSize: row["page_size"], entryCount: row["entry_count"],
                     logicalSize: row["logical_size"], storedBytes: row["stored_bytes"], objectChecksum: row["object_checksum"],
-                    createdAt: date(row["created_at"]))
+                    segments: row["segments"], createdAt: date(row["created_at"]))
             }
         }
     }
@@ -250,7 +270,10 @@ extension SQLiteCatalog: RepositoryIndex {
     }
 
     static func dropLayer(_ id: String, now: Date, grace: TimeInterval, _ db: GRDB.Database) throws {
+        let segments = try Int.fetchOne(db, sql: "SELECT segments FROM layers WHERE id = ?", arguments: [id]) ?? 0
         try queueGarbage("manifests/\(id)", deletableAt: now.addingTimeInterval(grace), db)
+        // An unfinished layer's segments are not counted; the orphan sweep finds them.
+        for n in 0..<segments { try queueGarbage(ManifestHeader.segmentKey(id, n), deletableAt: now.addingTimeInterval(grace), db) }
         try db.execute(sql: "DELETE FROM layer_chunks WHERE layer_id = ?", arguments: [id])
         try db.execute(sql: "DELETE FROM layers WHERE id = ?", arguments: [id])
     }
@@ -359,7 +382,10 @@ extension SQLiteCatalog: RepositoryIndex {
                 let exists: Bool
                 switch parts[0] {
                 case "packs": exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM packs WHERE id = ?", arguments: [parts[1]]) != nil
-                case "manifests": exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM layers WHERE id = ?", arguments: [parts[1]]) != nil
+                case "manifests":
+                    // A segment, `<layer id>-<n>`, belongs to its layer.
+                    let layerID = parts[1].split(separator: "-").first.map(String.init) ?? parts[1]
+                    exists = try Bool.fetchOne(db, sql: "SELECT 1 FROM layers WHERE id = ?", arguments: [layerID]) != nil
                 default: exists = false
                 }
                 if try exists || Bool.fetchOne(db, sql: "SELECT 1 FROM garbage_objects WHERE key = ?", arguments: [key]) != nil {

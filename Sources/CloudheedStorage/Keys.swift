@@ -83,6 +83,9 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
         d = UInt64(bigEndian: raw.loadUnaligned(fromByteOffset: 24, as: UInt64.self))
     }
 
+    /// A placeholder, never the id of real data (HMAC-SHA-256 output of all zeros).
+    static let zero = ChunkID(bytes: [UInt8](repeating: 0, count: 32))
+
     public var bytes: [UInt8] {
         var words = (a.bigEndian, b.bigEndian, c.bigEndian, d.bigEndian)
         return withUnsafeBytes(of: &words) { Array($0) }

@@ -1,108 +1,167 @@
+import Crypto
 import Foundation
 
-/// A manifest layer's plaintext (stored sealed, as `manifests/<layer id>`).
+/// A manifest layer is stored as a small header object, `manifests/<layer id>`, and segments,
+/// `manifests/<layer id>-<n>`, each sealed on its own. A segment covers `span` pages (or stream
+/// entries), so a backup, a restore or a verification holds one segment of a manifest at a time:
+/// memory does not grow with the database, and no sealed unit comes near its size limit.
 ///
-/// Binary, little-endian: magic `CHM1`, kind, page size, total count (pages, or stream
-/// entries), logical size, entries, then the engine's metadata as JSON.
-/// - full pages: one chunk id per page, in page order;
-/// - page delta: (page index, chunk id) for each page that differs from the parent, with the
-///   total page count (the file may have grown or shrunk);
+/// The header's checksum is recorded in the catalog; the header records each segment's entry
+/// count and checksum, so every byte of a manifest is authenticated from the catalog down.
+///
+/// Binary, little-endian. Header: magic `CHM2`, kind, page size, total count (pages, or stream
+/// entries), logical size, span, segment count, then per segment its entry count and SHA-256
+/// (a delta layer leaves segments without changes out: count 0, no object), then the engine's
+/// metadata as JSON. Segment: magic `CHS2`, kind, entry count, entries:
+/// - full pages: one chunk id per page of the segment, in page order;
+/// - page delta: (page index, chunk id) for each page of the segment that differs from the
+///   parent; the header's total count says whether the file grew or shrank;
 /// - stream: (length, chunk id) per chunk, in order.
-struct ManifestLayer: Equatable {
-    enum Entries: Equatable {
-        case pages([ChunkID])
-        case delta([(index: Int, id: ChunkID)])
-        case stream([(length: Int, id: ChunkID)])
-
-        static func == (l: Entries, r: Entries) -> Bool {
-            switch (l, r) {
-            case let (.pages(a), .pages(b)): a == b
-            case let (.delta(a), .delta(b)): a.count == b.count && zip(a, b).allSatisfy { $0.index == $1.index && $0.id == $1.id }
-            case let (.stream(a), .stream(b)): a.count == b.count && zip(a, b).allSatisfy { $0.length == $1.length && $0.id == $1.id }
-            default: false
-            }
-        }
+struct ManifestHeader: Equatable {
+    enum Kind: UInt8 { case pages = 0, delta = 1, stream = 2 }
+    struct Segment: Equatable {
+        var count: Int
+        var checksum: [UInt8]
+        /// Delta layers store no object for a segment without changes.
+        var isPresent: Bool { !checksum.allSatisfy { $0 == 0 } }
+        static let absent = Segment(count: 0, checksum: [UInt8](repeating: 0, count: 32))
     }
 
+    var kind: Kind
     var pageSize: Int
     var totalCount: Int
     var logicalSize: Int64
-    var entries: Entries
+    var span: Int
+    var segments: [Segment]
     var metadata: [String: String]
 
-    var kind: LayerRecord.Kind {
-        switch entries {
+    var recordKind: LayerRecord.Kind {
+        switch kind {
         case .pages: .pagesFull
         case .delta: .pagesDelta
         case .stream: .stream
         }
     }
 
+    static func segmentKey(_ layerID: String, _ n: Int) -> String { "manifests/\(layerID)-\(n)" }
+    static func segmentName(_ layerID: String, _ n: Int) -> String { "\(layerID)-\(n)" }
+
     func encoded() -> [UInt8] {
-        var out = Array("CHM1".utf8)
-        func u64(_ v: Int64) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
-        let kindByte: UInt8
-        switch entries {
-        case .pages: kindByte = 0
-        case .delta: kindByte = 1
-        case .stream: kindByte = 2
-        }
-        out.append(kindByte)
-        u64(Int64(pageSize))
-        u64(Int64(totalCount))
-        u64(logicalSize)
-        switch entries {
-        case .pages(let ids):
-            u64(Int64(ids.count))
-            out.reserveCapacity(out.count + ids.count * 32)
-            for id in ids { id.append(to: &out) }
-        case .delta(let changes):
-            u64(Int64(changes.count))
-            for change in changes { u64(Int64(change.index)); change.id.append(to: &out) }
-        case .stream(let items):
-            u64(Int64(items.count))
-            for item in items { u64(Int64(item.length)); item.id.append(to: &out) }
+        var out = Array("CHM2".utf8)
+        out.append(kind.rawValue)
+        for value in [Int64(pageSize), Int64(totalCount), logicalSize, Int64(span), Int64(segments.count)] { out.appendLE(value) }
+        for segment in segments {
+            out.appendLE(Int64(segment.count))
+            out.append(contentsOf: segment.checksum)
         }
         let json = (try? JSONSerialization.data(withJSONObject: metadata, options: [.sortedKeys])) ?? Data("{}".utf8)
-        u64(Int64(json.count))
+        out.appendLE(Int64(json.count))
         out.append(contentsOf: json)
         return out
     }
 
-    static func decode(_ bytes: [UInt8], name: String) throws -> ManifestLayer {
-        var position = 0
-        let corrupt = RepositoryError(.corrupt, "manifest \(name) is malformed")
-        func take(_ n: Int) throws -> ArraySlice<UInt8> {
-            guard n >= 0, position + n <= bytes.count else { throw corrupt }
-            defer { position += n }
-            return bytes[position..<(position + n)]
-        }
-        func u64() throws -> Int {
-            let slice = try take(8)
-            var value: UInt64 = 0
-            for (i, b) in slice.enumerated() { value |= UInt64(b) << (UInt64(i) * 8) }
-            guard value <= UInt64(Int64.max) else { throw corrupt }
-            return Int(value)
-        }
-        guard try Array(take(4)) == Array("CHM1".utf8) else { throw corrupt }
-        let kind = try take(1).first!
-        let pageSize = try u64()
-        let totalCount = try u64()
-        let logicalSize = Int64(try u64())
-        let count = try u64()
-        guard count <= bytes.count else { throw corrupt }
-        let entries: Entries
-        switch kind {
-        case 0: entries = .pages(try (0..<count).map { _ in try take(32).withUnsafeBytes { ChunkID(raw: $0) } })
-        case 1: entries = .delta(try (0..<count).map { _ in (try u64(), try take(32).withUnsafeBytes { ChunkID(raw: $0) }) })
-        case 2: entries = .stream(try (0..<count).map { _ in (try u64(), try take(32).withUnsafeBytes { ChunkID(raw: $0) }) })
-        default: throw corrupt
-        }
-        let jsonLength = try u64()
-        let json = try take(jsonLength)
+    static func decode(_ bytes: [UInt8], name: String) throws -> ManifestHeader {
+        var reader = ByteReader(bytes: bytes, error: RepositoryError(.corrupt, "manifest \(name) is malformed"))
+        guard try Array(reader.take(4)) == Array("CHM2".utf8), let kind = Kind(rawValue: try reader.take(1).first!) else { throw reader.error }
+        let pageSize = try reader.int(), totalCount = try reader.int(), logicalSize = Int64(try reader.int())
+        let span = try reader.int(), count = try reader.int()
+        guard span > 0, count <= bytes.count / 40 else { throw reader.error }
+        let segments = try (0..<count).map { _ in Segment(count: try reader.int(), checksum: Array(try reader.take(32))) }
+        let json = try reader.take(try reader.int())
         let metadata = (try? JSONSerialization.jsonObject(with: Data(json))) as? [String: String] ?? [:]
-        return ManifestLayer(pageSize: pageSize, totalCount: totalCount, logicalSize: logicalSize, entries: entries, metadata: metadata)
+        return ManifestHeader(kind: kind, pageSize: pageSize, totalCount: totalCount, logicalSize: logicalSize, span: span, segments: segments, metadata: metadata)
     }
+}
+
+/// One segment's entries.
+enum ManifestSegment: Equatable {
+    case pages([ChunkID])
+    case delta([(index: Int, id: ChunkID)])
+    case stream([(length: Int, id: ChunkID)])
+
+    static func == (l: ManifestSegment, r: ManifestSegment) -> Bool {
+        switch (l, r) {
+        case let (.pages(a), .pages(b)): a == b
+        case let (.delta(a), .delta(b)): a.count == b.count && zip(a, b).allSatisfy { $0.index == $1.index && $0.id == $1.id }
+        case let (.stream(a), .stream(b)): a.count == b.count && zip(a, b).allSatisfy { $0.length == $1.length && $0.id == $1.id }
+        default: false
+        }
+    }
+
+    var count: Int {
+        switch self {
+        case .pages(let ids): ids.count
+        case .delta(let changes): changes.count
+        case .stream(let items): items.count
+        }
+    }
+
+    var kind: ManifestHeader.Kind {
+        switch self {
+        case .pages: .pages
+        case .delta: .delta
+        case .stream: .stream
+        }
+    }
+
+    func encoded() -> [UInt8] {
+        var out = Array("CHS2".utf8)
+        out.append(kind.rawValue)
+        out.appendLE(Int64(count))
+        out.reserveCapacity(out.count + count * 40)
+        switch self {
+        case .pages(let ids):
+            for id in ids { id.append(to: &out) }
+        case .delta(let changes):
+            for change in changes { out.appendLE(Int64(change.index)); change.id.append(to: &out) }
+        case .stream(let items):
+            for item in items { out.appendLE(Int64(item.length)); item.id.append(to: &out) }
+        }
+        return out
+    }
+
+    static func decode(_ bytes: [UInt8], name: String) throws -> ManifestSegment {
+        var reader = ByteReader(bytes: bytes, error: RepositoryError(.corrupt, "manifest \(name) is malformed"))
+        guard try Array(reader.take(4)) == Array("CHS2".utf8), let kind = ManifestHeader.Kind(rawValue: try reader.take(1).first!) else { throw reader.error }
+        let count = try reader.int()
+        guard count <= bytes.count / 32 else { throw reader.error }
+        switch kind {
+        case .pages: return .pages(try (0..<count).map { _ in try reader.chunkID() })
+        case .delta: return .delta(try (0..<count).map { _ in (try reader.int(), try reader.chunkID()) })
+        case .stream: return .stream(try (0..<count).map { _ in (try reader.int(), try reader.chunkID()) })
+        }
+    }
+}
+
+struct ByteReader {
+    let bytes: [UInt8]
+    let error: RepositoryError
+    var position = 0
+
+    init(bytes: [UInt8], error: RepositoryError) {
+        self.bytes = bytes
+        self.error = error
+    }
+
+    mutating func take(_ n: Int) throws -> ArraySlice<UInt8> {
+        guard n >= 0, position + n <= bytes.count else { throw error }
+        defer { position += n }
+        return bytes[position..<(position + n)]
+    }
+
+    mutating func int() throws -> Int {
+        let value = try take(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        guard value <= UInt64(Int64.max) else { throw error }
+        return Int(value)
+    }
+
+    mutating func chunkID() throws -> ChunkID {
+        try take(32).withUnsafeBytes { ChunkID(raw: $0) }
+    }
+}
+
+extension [UInt8] {
+    mutating func appendLE(_ value: Int64) { Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) } }
 }
 
 /// A pack's plaintext: magic `CHP1`, chunk count, (id, offset, length) per chunk, then the

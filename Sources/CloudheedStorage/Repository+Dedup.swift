@@ -10,6 +10,8 @@ import Foundation
 ///   and encrypted (AES-256-GCM, id and kind bound as associated data) as one unit.
 /// - Each backup has a manifest layer: the full chunk list, or the pages that differ from its
 ///   parent's. Only changed pages cost index lookups, stores and reference counting.
+/// - Manifests are written and read a segment (65,536 pages) at a time, and the layer's chunk
+///   references recorded per segment, so memory does not grow with the database.
 /// - Packs are sealed and uploaded by up to `concurrency` tasks while reading and hashing go on,
 ///   with at most that many packs in memory; nothing holds the whole database.
 public struct DedupRepository: BackupRepository {
@@ -26,12 +28,15 @@ public struct DedupRepository: BackupRepository {
     let grace: TimeInterval
     /// Layers a manifest chain may have before a backup writes a full manifest again.
     let maxDepth: Int
+    /// Pages (or stream entries) per manifest segment: what a backup or restore holds of a
+    /// manifest at a time.
+    let segmentSpan: Int
 
     public init(
         index: any RepositoryIndex, blobs: any BlobStore, keyRing: KeyRing, clock: any WallClock, ids: any IDGenerator,
         compression: CompressionSetting = .default, packSize: Int = 4 << 20,
         concurrency: Int = ProcessInfo.processInfo.activeProcessorCount, cdc: FastCDCParameters = .default,
-        grace: TimeInterval = 3600, maxDepth: Int = 8
+        grace: TimeInterval = 3600, maxDepth: Int = 8, segmentSpan: Int = 65536
     ) {
         self.index = index
         self.blobs = blobs
@@ -44,6 +49,7 @@ public struct DedupRepository: BackupRepository {
         self.cdc = cdc
         self.grace = grace
         self.maxDepth = maxDepth
+        self.segmentSpan = max(1, segmentSpan)
     }
 
     func keys(_ accountID: String) async throws -> AccountKeys {
@@ -90,6 +96,7 @@ public struct DedupRepository: BackupRepository {
         guard !state.unpublished.isEmpty, force || state.unpublished.count >= Self.publishBatch else { return }
         try await blobs.syncBuffered()
         try await index.insertPacks(state.unpublished.map { ($0.record, $0.locations) })
+        for pack in state.unpublished { state.published += pack.locations.map(\.id) }
         state.unpublished.removeAll()
     }
 
@@ -97,7 +104,7 @@ public struct DedupRepository: BackupRepository {
 
     /// Buffers a new chunk; a full buffer becomes a pack, sealed and uploaded by a task of its own.
     func add(_ id: ChunkID, _ bytes: ArraySlice<UInt8>, to state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
-        state.storedThisRun.insert(id)
+        state.pending.insert(id)
         state.buffer.chunks.append((id, bytes))
         state.buffer.size += bytes.count
         if state.buffer.size >= packSize { try await flush(&state, tasks: &tasks, accountID: accountID, keys: keys) }
@@ -115,7 +122,8 @@ public struct DedupRepository: BackupRepository {
         tasks.addTask { try await sealAndUpload(buffer, accountID: accountID, keys: keys) }
     }
 
-    /// Seals what is buffered, waits for every pack, and publishes them all.
+    /// Seals what is buffered, waits for every pack, and publishes them all: afterwards every
+    /// chunk added so far is in the index.
     func drain(_ state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
         try await flush(&state, tasks: &tasks, accountID: accountID, keys: keys)
         while let done = try await tasks.next() { collect(done, into: &state) }
@@ -123,26 +131,64 @@ public struct DedupRepository: BackupRepository {
     }
 
     func collect(_ pack: SealedPack, into state: inout StoreState) {
-        for location in pack.locations { state.newStoredBytes += Int64(location.storedLength) }
         state.inFlight -= 1
         state.unpublished.append(pack)
     }
 
-    /// Bookkeeping shared by both store paths while packs are in flight.
+    /// Bookkeeping while packs are in flight. Nothing here grows with the database: chunks this
+    /// run added are remembered only until the index knows them.
     struct StoreState {
-        var storedThisRun: Set<ChunkID> = []
-        /// Stored bytes of every chunk this run stored (each counted once).
-        var newStoredBytes: Int64 = 0
-        /// Chunks at changed pages that the account already stored before this run.
-        var reusedThisRun: Set<ChunkID> = []
+        /// Chunks this run added whose packs the index may not know yet.
+        var pending: Set<ChunkID> = []
+        /// Chunks published since the last index lookup; they leave `pending` at the next one.
+        var published: [ChunkID] = []
         var buffer = PackBuffer()
         var inFlight = 0
         var unpublished: [SealedPack] = []
+
+        /// Before an index lookup: what was published is now the index's to answer for.
+        mutating func settle() {
+            for id in published { pending.remove(id) }
+            published.removeAll(keepingCapacity: true)
+        }
+    }
+
+    /// The manifest of a layer being written, a segment at a time.
+    struct LayerWriter {
+        var record: LayerRecord
+        var segments: [ManifestHeader.Segment] = []
+    }
+
+    /// Seals and stores the layer's next segment (nil: a delta segment without changes).
+    func write(_ segment: ManifestSegment?, to writer: inout LayerWriter, keys: AccountKeys) async throws {
+        guard let segment else { writer.segments.append(.absent); return }
+        let n = writer.segments.count
+        // Mostly random chunk ids: compressing them costs time for nothing.
+        let sealed = try SealedUnit.seal(
+            segment.encoded(), kind: .manifest, id: ManifestHeader.segmentName(writer.record.id, n), key: keys.encryptionKey, compression: .none)
+        try await blobs.putBuffered(ManifestHeader.segmentKey(writer.record.id, n), sealed)
+        writer.segments.append(.init(count: segment.count, checksum: Array(SHA256.hash(data: sealed))))
+    }
+
+    /// Makes the segments durable, stores the header that authenticates them, and completes the
+    /// layer in the index.
+    func finish(_ writer: LayerWriter, kind: ManifestHeader.Kind, keys: AccountKeys) async throws -> StoredObject {
+        var record = writer.record
+        let header = ManifestHeader(
+            kind: kind, pageSize: record.pageSize, totalCount: record.entryCount, logicalSize: record.logicalSize, span: segmentSpan,
+            segments: writer.segments, metadata: [:])
+        let sealed = try SealedUnit.seal(header.encoded(), kind: .manifest, id: record.id, key: keys.encryptionKey, compression: .none)
+        try await blobs.syncBuffered()
+        try await blobs.put(record.objectKey, sealed)
+        record.objectChecksum = Array(SHA256.hash(data: sealed)).hex
+        record.segments = writer.segments.count
+        try await index.finishLayer(record)
+        return StoredObject(key: record.id, sizeBytes: record.logicalSize, checksum: record.objectChecksum, storedBytes: record.storedBytes)
     }
 
     public func storePages(ofFile path: String, pageSize: Int, target: BackupTarget) async throws -> StoredObject {
         // A chunk reused from the index may be collected by a concurrent GC before this backup
-        // records its manifest; the manifest insert notices, and the backup is stored again.
+        // refers to it; recording the reference notices, and the backup is stored again.
         var attempt = 0
         while true {
             attempt += 1
@@ -154,6 +200,9 @@ public struct DedupRepository: BackupRepository {
         }
     }
 
+    /// Reads the snapshot a segment of `segmentSpan` pages at a time. Per segment: compare with
+    /// the parent's pages there, store the new chunks, record the layer's references (drained
+    /// first, so every chunk is in the index), update the stored bytes, write the segment.
     func storePagesOnce(path: String, pageSize: Int, target: BackupTarget, useParent: Bool) async throws -> StoredObject {
         guard pageSize >= 512, pageSize <= 65536 else { throw RepositoryError(.corrupt, "unsupported page size \(pageSize)") }
         let keys = try await keys(target.accountID)
@@ -161,73 +210,71 @@ public struct DedupRepository: BackupRepository {
         guard fileSize % pageSize == 0 else { throw RepositoryError(.corrupt, "snapshot size \(fileSize) is not a multiple of the page size \(pageSize)") }
         let pageCount = fileSize / pageSize
 
-        var parentLayer: LayerRecord?
-        var parentMap: [ChunkID] = []
+        var chain: [ChainLayer] = []
         if useParent, let parent = target.parent, let layer = try await index.layer(id: parent.key),
            layer.accountID == target.accountID, layer.kind != .stream, layer.pageSize == pageSize {
-            parentLayer = layer
-            parentMap = try await loadPageMap(layer, keys: keys)
+            chain = try await loadChain(layer, keys: keys)
+            if chain.last?.header.span != segmentSpan { chain = [] }
         }
+        let parent = chain.last
+        let delta = parent.map { $0.record.depth + 1 < maxDepth } ?? false
+        var writer = LayerWriter(record: LayerRecord(
+            id: "mf" + ids.randomString(count: 22), accountID: target.accountID, parentID: delta ? parent!.record.id : nil,
+            depth: delta ? parent!.record.depth + 1 : 0, kind: delta ? .pagesDelta : .pagesFull, pageSize: pageSize, entryCount: pageCount,
+            logicalSize: Int64(fileSize), storedBytes: delta ? parent!.record.storedBytes : 0, objectChecksum: "", createdAt: clock.now()))
+        try await index.openLayer(writer.record)
 
         guard let handle = FileHandle(forReadingAtPath: path) else { throw RepositoryError(.io, "cannot read the snapshot") }
         defer { try? handle.close() }
         let batchPages = max(1, (4 << 20) / pageSize)
-        var map: [ChunkID] = []
-        map.reserveCapacity(pageCount)
+        let segmentCount = (pageCount + segmentSpan - 1) / segmentSpan
+        let parentSegments = parent.map { ($0.header.totalCount + segmentSpan - 1) / segmentSpan } ?? 0
         var state = StoreState()
 
         try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
-            var position = 0
-            while position < pageCount {
-                try Task.checkCancellation()
-                guard let data = try handle.read(upToCount: batchPages * pageSize), !data.isEmpty else { break }
-                let bytes = [UInt8](data)
-                let count = bytes.count / pageSize
-                let batchIDs = await hashPages(bytes, count: count, pageSize: pageSize, keys: keys)
-                var candidates: [(offset: Int, id: ChunkID)] = []
-                for j in 0..<count {
-                    let id = batchIDs[j]
-                    map.append(id)
-                    let page = position + j
-                    if page < parentMap.count, parentMap[page] == id { continue }
-                    if state.storedThisRun.contains(id) { continue }
-                    candidates.append((j * pageSize, id))
-                }
-                if !candidates.isEmpty {
+            for n in 0..<max(segmentCount, parentSegments) {
+                let old = n < parentSegments ? try await composedSegment(chain, n, keys: keys) : []
+                let first = n * segmentSpan
+                let count = max(0, min(pageCount - first, segmentSpan))
+                var new: [ChunkID] = []
+                new.reserveCapacity(count)
+                while new.count < count {
+                    try Task.checkCancellation()
+                    let wanted = min(batchPages, count - new.count)
+                    guard let data = try handle.read(upToCount: wanted * pageSize), data.count == wanted * pageSize else {
+                        throw RepositoryError(.io, "the snapshot changed size while it was read")
+                    }
+                    let bytes = [UInt8](data)
+                    let batchIDs = await hashPages(bytes, count: wanted, pageSize: pageSize, keys: keys)
+                    var candidates: [(offset: Int, id: ChunkID)] = []
+                    state.settle()
+                    for (j, id) in batchIDs.enumerated() {
+                        let i = new.count
+                        new.append(id)
+                        if i < old.count, old[i] == id { continue }
+                        if state.pending.contains(id) { continue }
+                        candidates.append((j * pageSize, id))
+                    }
+                    guard !candidates.isEmpty else { continue }
                     let existing = try await index.existingChunks(accountID: target.accountID, ids: Array(Set(candidates.map(\.id))))
-                    state.reusedThisRun.formUnion(existing)
-                    for candidate in candidates where !existing.contains(candidate.id) && !state.storedThisRun.contains(candidate.id) {
+                    for candidate in candidates where !existing.contains(candidate.id) && !state.pending.contains(candidate.id) {
                         try await add(candidate.id, bytes[candidate.offset..<(candidate.offset + pageSize)], to: &state, tasks: &tasks,
                                       accountID: target.accountID, keys: keys)
                     }
                 }
-                position += count
+                try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
+                if delta {
+                    let changes = (0..<new.count).filter { $0 >= old.count || old[$0] != new[$0] }.map { (index: first + $0, id: new[$0]) }
+                    writer.record.storedBytes += try await deltaStoredBytes(old: old, new: new, changed: changes.map(\.id), layerID: writer.record.id, accountID: target.accountID)
+                    if n < segmentCount { try await write(changes.isEmpty ? nil : .delta(changes), to: &writer, keys: keys) }
+                } else if n < segmentCount {
+                    let lengths = try await index.addLayerReferences(layerID: writer.record.id, accountID: target.accountID, ids: Array(Set(new)))
+                    writer.record.storedBytes += lengths.values.reduce(Int64(0)) { $0 + Int64($1) }
+                    try await write(.pages(new), to: &writer, keys: keys)
+                }
             }
-            guard position == pageCount else { throw RepositoryError(.io, "the snapshot changed size while it was read") }
-            try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
         }
-
-        // The manifest: a delta over the parent when that is small and the chain short.
-        let changed = (0..<pageCount).filter { $0 >= parentMap.count || parentMap[$0] != map[$0] }
-        if let parentLayer, parentLayer.depth + 1 < maxDepth, changed.count * 2 <= pageCount {
-            let delta = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize),
-                                      entries: .delta(changed.map { ($0, map[$0]) }), metadata: [:])
-            let (storedBytes, referenced) = try await deltaStoredBytes(
-                parent: parentLayer, parentMap: parentMap, map: map, changed: changed, state: state, accountID: target.accountID)
-            return try await writeLayer(delta, chunkIDs: referenced, reused: referenced.filter { !state.storedThisRun.contains($0) }, parent: parentLayer,
-                                        depth: parentLayer.depth + 1, storedBytes: storedBytes, accountID: target.accountID, keys: keys)
-        }
-        // Without a parent every page was a candidate, so the distinct chunks are the ones this run
-        // stored plus the ones it found stored already: no set over the whole map is needed.
-        let reused = parentMap.isEmpty ? Array(state.reusedThisRun) : Array(Set(map).subtracting(state.storedThisRun))
-        let chunkIDs = Array(state.storedThisRun) + reused
-        let storedBytes = try await state.newStoredBytes + storedLength(of: reused, accountID: target.accountID)
-        // This run's bookkeeping is no longer needed; free it before the manifest is sealed.
-        state = StoreState()
-        parentMap = []
-        let full = ManifestLayer(pageSize: pageSize, totalCount: pageCount, logicalSize: Int64(fileSize), entries: .pages(map), metadata: [:])
-        return try await writeLayer(full, chunkIDs: chunkIDs, reused: reused, parent: nil, depth: 0, storedBytes: storedBytes,
-                                    accountID: target.accountID, keys: keys)
+        return try await finish(writer, kind: delta ? .delta : .pages, keys: keys)
     }
 
     /// HMAC of every page of a batch, spread over the cores.
@@ -250,69 +297,59 @@ public struct DedupRepository: BackupRepository {
         }
     }
 
-    /// Stored bytes of distinct chunks that existed before this run, from the index.
-    func storedLength(of distinct: [ChunkID], accountID: String) async throws -> Int64 {
-        guard !distinct.isEmpty else { return 0 }
-        let locations = try await index.chunkLocations(accountID: accountID, ids: distinct)
-        return distinct.reduce(Int64(0)) { $0 + Int64(locations[$1]?.storedLength ?? 0) }
-    }
-
-    /// The parent's stored bytes, plus the chunks the new map gains, minus those it no longer
-    /// has. Only the chunks at changed pages are candidates, so besides two passes over the page
-    /// maps, memory and index lookups are proportional to the change. Also returns the distinct
-    /// chunks the delta refers to.
-    func deltaStoredBytes(parent: LayerRecord, parentMap: [ChunkID], map: [ChunkID], changed: [Int], state: StoreState, accountID: String) async throws -> (Int64, [ChunkID]) {
-        var touchedOld = Set<ChunkID>(), touchedNew = Set<ChunkID>()
-        for page in changed {
-            if page < parentMap.count { touchedOld.insert(parentMap[page]) }
-            touchedNew.insert(map[page])
-        }
-        for page in map.count..<max(map.count, parentMap.count) { touchedOld.insert(parentMap[page]) }
-        // An old chunk is gone only if no page of the new map still uses it; a new one is gained
-        // only if no page of the parent used it.
+    /// How one segment of a delta layer changes the stored bytes, counting each chunk once per
+    /// segment: the chunks the segment gains minus those it no longer has. `changed` are the ids
+    /// at the pages that differ from the parent; they become the layer's references. Only those
+    /// pages are looked up, so the index work is proportional to the change.
+    func deltaStoredBytes(old: [ChunkID], new: [ChunkID], changed: [ChunkID], layerID: String, accountID: String) async throws -> Int64 {
+        var touchedOld = Set<ChunkID>()
+        for i in 0..<old.count where i >= new.count || old[i] != new[i] { touchedOld.insert(old[i]) }
+        let touchedNew = Set(changed)
+        guard !touchedOld.isEmpty || !touchedNew.isEmpty else { return 0 }
+        // An old chunk is gone only if no page of the new segment still uses it; a new one is
+        // gained only if no page of the parent's segment used it.
         var stillUsed = Set<ChunkID>(), alreadyThere = Set<ChunkID>()
-        for id in map where touchedOld.contains(id) { stillUsed.insert(id) }
-        for id in parentMap where touchedNew.contains(id) { alreadyThere.insert(id) }
-        let removed = touchedOld.subtracting(stillUsed)
-        let added = touchedNew.subtracting(alreadyThere)
-        // Every chunk this run stored is new, so it is among the added ones.
-        let gained = try await state.newStoredBytes + storedLength(of: added.filter { !state.storedThisRun.contains($0) }, accountID: accountID)
-        let lost = try await storedLength(of: Array(removed), accountID: accountID)
-        return (max(0, parent.storedBytes + gained - lost), Array(touchedNew))
-    }
-
-    /// Seals and stores a manifest and records it with the distinct `chunkIDs` it refers to, of
-    /// which `reused` existed before this run (checked again as the manifest is recorded).
-    func writeLayer(_ layer: ManifestLayer, chunkIDs: [ChunkID], reused: [ChunkID], parent: LayerRecord?, depth: Int, storedBytes: Int64, accountID: String, keys: AccountKeys) async throws -> StoredObject {
-        let layerID = "mf" + ids.randomString(count: 22)
-        // Manifests are mostly random chunk ids: compressing them costs memory and time for nothing.
-        let sealed = try SealedUnit.seal(layer.encoded(), kind: .manifest, id: layerID, key: keys.encryptionKey, compression: .none)
-        let checksum = Array(SHA256.hash(data: sealed)).hex
-        let record = LayerRecord(
-            id: layerID, accountID: accountID, parentID: parent?.id, depth: depth, kind: layer.kind, pageSize: layer.pageSize,
-            entryCount: layer.totalCount, logicalSize: layer.logicalSize, storedBytes: storedBytes, objectChecksum: checksum, createdAt: clock.now())
-        try await blobs.put(record.objectKey, sealed)
-        try await index.insertLayer(record, chunkIDs: chunkIDs, reused: reused)
-        return StoredObject(key: layerID, sizeBytes: layer.logicalSize, checksum: checksum, storedBytes: storedBytes)
+        for id in new where touchedOld.contains(id) { stillUsed.insert(id) }
+        for id in old where touchedNew.contains(id) { alreadyThere.insert(id) }
+        let lengths = try await index.addLayerReferences(layerID: layerID, accountID: accountID, ids: Array(touchedNew))
+        let gained = touchedNew.subtracting(alreadyThere).reduce(Int64(0)) { $0 + Int64(lengths[$1] ?? 0) }
+        let removed = Array(touchedOld.subtracting(stillUsed))
+        let lost = removed.isEmpty ? 0 : try await index.chunkLocations(accountID: accountID, ids: removed).values.reduce(Int64(0)) { $0 + Int64($1.storedLength) }
+        return gained - lost
     }
 
     public func storeStream<Bytes: AsyncSequence & Sendable>(_ bytes: Bytes, target: BackupTarget) async throws -> StoredObject
     where Bytes.Element == [UInt8] {
         let keys = try await keys(target.accountID)
         var splitter = FastCDCSplitter(cdc)
+        var writer = LayerWriter(record: LayerRecord(
+            id: "mf" + ids.randomString(count: 22), accountID: target.accountID, parentID: nil, depth: 0, kind: .stream, pageSize: 0,
+            entryCount: 0, logicalSize: 0, storedBytes: 0, objectChecksum: "", createdAt: clock.now()))
+        try await index.openLayer(writer.record)
         var entries: [(length: Int, id: ChunkID)] = []
-        var logical: Int64 = 0
         var state = StoreState()
 
         try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
+            /// A full segment: its chunks indexed, referenced, counted once each, and written.
+            func endSegment() async throws {
+                guard !entries.isEmpty else { return }
+                try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
+                let lengths = try await index.addLayerReferences(layerID: writer.record.id, accountID: target.accountID, ids: Array(Set(entries.map(\.id))))
+                writer.record.storedBytes += lengths.values.reduce(Int64(0)) { $0 + Int64($1) }
+                writer.record.entryCount += entries.count
+                try await write(.stream(entries), to: &writer, keys: keys)
+                entries.removeAll(keepingCapacity: true)
+            }
             func take(_ chunks: [[UInt8]]) async throws {
                 for chunk in chunks {
                     let id = keys.chunkID(of: chunk)
                     entries.append((chunk.count, id))
-                    logical += Int64(chunk.count)
-                    if state.storedThisRun.contains(id) { continue }
-                    if try await index.existingChunks(accountID: target.accountID, ids: [id]).contains(id) { continue }
-                    try await add(id, chunk[...], to: &state, tasks: &tasks, accountID: target.accountID, keys: keys)
+                    writer.record.logicalSize += Int64(chunk.count)
+                    state.settle()
+                    if !state.pending.contains(id), try await !index.existingChunks(accountID: target.accountID, ids: [id]).contains(id) {
+                        try await add(id, chunk[...], to: &state, tasks: &tasks, accountID: target.accountID, keys: keys)
+                    }
+                    if entries.count == segmentSpan { try await endSegment() }
                 }
             }
             for try await piece in bytes {
@@ -320,61 +357,99 @@ public struct DedupRepository: BackupRepository {
                 try await take(splitter.append(piece))
             }
             try await take(splitter.finish())
-            try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
+            try await endSegment()
         }
-        let layer = ManifestLayer(pageSize: 0, totalCount: entries.count, logicalSize: logical, entries: .stream(entries), metadata: [:])
-        let distinct = Array(Set(entries.map(\.id)))
-        let reused = distinct.filter { !state.storedThisRun.contains($0) }
-        let stored = try await state.newStoredBytes + storedLength(of: reused, accountID: target.accountID)
-        return try await writeLayer(layer, chunkIDs: distinct, reused: reused, parent: nil, depth: 0, storedBytes: stored, accountID: target.accountID, keys: keys)
+        return try await finish(writer, kind: .stream, keys: keys)
     }
 
     // MARK: Reading manifests
 
-    func loadLayer(_ record: LayerRecord, keys: AccountKeys) async throws -> ManifestLayer {
-        let sealed = try await blobs.get(record.objectKey)
-        guard Array(SHA256.hash(data: sealed)).hex == record.objectChecksum else {
-            throw RepositoryError(.corrupt, "manifest \(record.id) does not match its recorded checksum (stored bytes were altered)")
-        }
-        return try ManifestLayer.decode(SealedUnit.open(sealed, kind: .manifest, id: record.id, key: keys.encryptionKey), name: record.id)
+    struct ChainLayer {
+        var record: LayerRecord
+        var header: ManifestHeader
     }
 
     func layerRecord(_ object: StoredObject, accountID: String) async throws -> LayerRecord {
-        guard let record = try await index.layer(id: object.key), record.accountID == accountID else {
+        guard let record = try await index.layer(id: object.key), record.accountID == accountID, !record.objectChecksum.isEmpty else {
             throw RepositoryError(.missing, "the manifest of this backup is missing from the index")
         }
         return record
     }
 
-    /// The full page map of a layer: its base manifest with every delta above it applied.
-    func loadPageMap(_ top: LayerRecord, keys: AccountKeys) async throws -> [ChunkID] {
-        var chain = [top]
-        while let parentID = chain.last!.parentID {
+    func loadHeader(_ record: LayerRecord, keys: AccountKeys) async throws -> ManifestHeader {
+        let sealed = try await blobs.get(record.objectKey)
+        guard Array(SHA256.hash(data: sealed)).hex == record.objectChecksum else {
+            throw RepositoryError(.corrupt, "manifest \(record.id) does not match its recorded checksum (stored bytes were altered)")
+        }
+        let header = try ManifestHeader.decode(SealedUnit.open(sealed, kind: .manifest, id: record.id, key: keys.encryptionKey), name: record.id)
+        let pageSegments = (header.totalCount + header.span - 1) / header.span
+        guard header.recordKind == record.kind, header.totalCount == record.entryCount, header.kind == .stream || header.segments.count == pageSegments
+        else { throw RepositoryError(.corrupt, "manifest \(record.id) is malformed") }
+        return header
+    }
+
+    /// A layer and the layers below it, base first: a full page layer, then deltas.
+    func loadChain(_ top: LayerRecord, keys: AccountKeys) async throws -> [ChainLayer] {
+        var records = [top]
+        while let parentID = records.last!.parentID {
             guard let parent = try await index.layer(id: parentID) else {
                 throw RepositoryError(.missing, "manifest \(parentID), below \(top.id), is missing from the index")
             }
-            chain.append(parent)
+            records.append(parent)
         }
-        var map: [ChunkID] = []
-        for record in chain.reversed() {
-            let layer = try await loadLayer(record, keys: keys)
-            switch layer.entries {
-            case .pages(let ids):
-                map = ids
-            case .delta(let changes):
-                let filler = map.first ?? ChunkID(bytes: [UInt8](repeating: 0, count: 32))
-                if map.count > layer.totalCount { map.removeLast(map.count - layer.totalCount) }
-                while map.count < layer.totalCount { map.append(filler) }
-                for change in changes {
-                    guard change.index < layer.totalCount else { throw RepositoryError(.corrupt, "manifest \(record.id) is malformed") }
-                    map[change.index] = change.id
-                }
-            case .stream:
-                throw RepositoryError(.corrupt, "manifest \(record.id) is not a page manifest")
+        var chain: [ChainLayer] = []
+        for record in records.reversed() {
+            let header = try await loadHeader(record, keys: keys)
+            guard header.kind == (chain.isEmpty ? (record.kind == .stream ? .stream : .pages) : .delta),
+                  chain.isEmpty || (header.span == chain[0].header.span && header.pageSize == chain[0].header.pageSize) else {
+                throw RepositoryError(.corrupt, "manifest \(record.id) does not fit the manifests below it")
             }
-            guard map.count == layer.totalCount else { throw RepositoryError(.corrupt, "manifest \(record.id) is malformed") }
+            chain.append(ChainLayer(record: record, header: header))
         }
-        return map
+        return chain
+    }
+
+    /// Segment `n` of a layer as stored, checked against the header; nil for an absent delta segment.
+    func loadSegment(_ layer: ChainLayer, _ n: Int, keys: AccountKeys) async throws -> ManifestSegment? {
+        guard n < layer.header.segments.count, layer.header.segments[n].isPresent else { return nil }
+        let name = ManifestHeader.segmentName(layer.record.id, n)
+        let sealed = try await blobs.get(ManifestHeader.segmentKey(layer.record.id, n))
+        guard Array(SHA256.hash(data: sealed)) == layer.header.segments[n].checksum else {
+            throw RepositoryError(.corrupt, "manifest \(name) does not match its recorded checksum (stored bytes were altered)")
+        }
+        let segment = try ManifestSegment.decode(SealedUnit.open(sealed, kind: .manifest, id: name, key: keys.encryptionKey), name: name)
+        guard segment.kind == layer.header.kind, segment.count == layer.header.segments[n].count else {
+            throw RepositoryError(.corrupt, "manifest \(name) is malformed")
+        }
+        return segment
+    }
+
+    /// The chunk ids of pages `n * span ..< (n + 1) * span` of the chain's top layer: the base
+    /// layer's segment with every delta above it applied.
+    func composedSegment(_ chain: [ChainLayer], _ n: Int, keys: AccountKeys) async throws -> [ChunkID] {
+        var ids: [ChunkID] = []
+        for layer in chain {
+            let first = n * layer.header.span
+            let count = max(0, min(layer.header.totalCount - first, layer.header.span))
+            switch try await loadSegment(layer, n, keys: keys) {
+            case .pages(let pages)?:
+                ids = pages
+            case .delta(let changes)?:
+                if ids.count > count { ids.removeLast(ids.count - count) }
+                while ids.count < count { ids.append(ChunkID.zero) }
+                for change in changes {
+                    guard change.index >= first, change.index < first + count else { throw RepositoryError(.corrupt, "manifest \(layer.record.id) is malformed") }
+                    ids[change.index - first] = change.id
+                }
+            case nil:
+                if layer.header.kind == .pages { ids = [] }
+                if ids.count > count { ids.removeLast(ids.count - count) }
+            case .stream?:
+                throw RepositoryError(.corrupt, "manifest \(layer.record.id) is not a page manifest")
+            }
+            guard ids.count == count else { throw RepositoryError(.corrupt, "manifest \(layer.record.id) is malformed") }
+        }
+        return ids
     }
 
     /// Every chunk a backup needs, with where it lives; a chunk the index lost is an error.
@@ -400,16 +475,43 @@ public struct DedupRepository: BackupRepository {
         return slice
     }
 
+    /// Restores and verification work on windows of this many segments (about a million
+    /// pages), so a pack is fetched once per window however its pages are spread.
+    var windowSegments: Int { max(1, (1 << 20) / segmentSpan) }
+
+    /// The page ids of the window of segments starting at segment `n`.
+    func window(_ chain: [ChainLayer], from n: Int, keys: AccountKeys) async throws -> [ChunkID] {
+        let top = chain.last!.header
+        let end = min((top.totalCount + segmentSpan - 1) / segmentSpan, n + windowSegments)
+        var ids: [ChunkID] = []
+        for s in n..<end { ids += try await composedSegment(chain, s, keys: keys) }
+        return ids
+    }
+
     // MARK: Restoring
 
     public func restorePages(_ object: StoredObject, accountID: String, toFile path: String) async throws {
         let keys = try await keys(accountID)
         let record = try await layerRecord(object, accountID: accountID)
-        let map = try await loadPageMap(record, keys: keys)
-        let pageSize = record.pageSize
-        guard Int64(map.count * pageSize) == object.sizeBytes else {
-            throw RepositoryError(.corrupt, "the manifest describes \(map.count * pageSize) bytes, the backup \(object.sizeBytes)")
+        let chain = try await loadChain(record, keys: keys)
+        let top = chain.last!.header
+        let pageSize = top.pageSize
+        guard top.kind != .stream, Int64(top.totalCount * pageSize) == object.sizeBytes, top.span == segmentSpan else {
+            throw RepositoryError(.corrupt, "the manifest describes \(top.totalCount * pageSize) bytes, the backup \(object.sizeBytes)")
         }
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw RepositoryError(.io, "cannot create the restored file: errno \(errno)") }
+        defer { close(fd) }
+        guard ftruncate(fd, off_t(object.sizeBytes)) == 0 else { throw RepositoryError(.io, "cannot size the restored file: errno \(errno)") }
+        for n in stride(from: 0, to: (top.totalCount + segmentSpan - 1) / segmentSpan, by: windowSegments) {
+            let map = try await window(chain, from: n, keys: keys)
+            try await restoreWindow(map, firstPage: n * segmentSpan, pageSize: pageSize, fd: fd, accountID: accountID, keys: keys)
+        }
+        guard fsync(fd) == 0 else { throw RepositoryError(.io, "cannot sync the restored file: errno \(errno)") }
+    }
+
+    /// Writes the pages of `map`, the first of which is page `firstPage` of the file.
+    func restoreWindow(_ map: [ChunkID], firstPage: Int, pageSize: Int, fd: Int32, accountID: String, keys: AccountKeys) async throws {
         // Where each page comes from, 16 bytes a page, built a batch of pages at a time so no
         // structure over all distinct chunks is ever held; then sorted by pack so each pack is
         // fetched and opened once.
@@ -436,11 +538,6 @@ public struct DedupRepository: BackupRepository {
         }
         sources.sort { ($0.pack, $0.offset) < ($1.pack, $1.offset) }
 
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { throw RepositoryError(.io, "cannot create the restored file: errno \(errno)") }
-        defer { close(fd) }
-        guard ftruncate(fd, off_t(object.sizeBytes)) == 0 else { throw RepositoryError(.io, "cannot size the restored file: errno \(errno)") }
-
         try await withThrowingTaskGroup(of: Void.self) { group in
             var running = 0
             var start = 0
@@ -464,14 +561,14 @@ public struct DedupRepository: BackupRepository {
                             : try extract(location, from: plaintext, keys: keys)
                         checkedOffset = source.offset
                         guard slice.count == pageSize else { throw RepositoryError(.corrupt, "chunk \(id) is not one page long") }
-                        let written = slice.withUnsafeBytes { pwrite(fd, $0.baseAddress, pageSize, off_t(Int(source.page) * pageSize)) }
+                        let offset = off_t(firstPage + Int(source.page)) * off_t(pageSize)
+                        let written = slice.withUnsafeBytes { pwrite(fd, $0.baseAddress, pageSize, offset) }
                         guard written == pageSize else { throw RepositoryError(.io, "cannot write the restored file: errno \(errno)") }
                     }
                 }
             }
             try await group.waitForAll()
         }
-        guard fsync(fd) == 0 else { throw RepositoryError(.io, "cannot sync the restored file: errno \(errno)") }
     }
 
     public func readStream(_ object: StoredObject, accountID: String) -> AsyncThrowingStream<[UInt8], any Error> {
@@ -479,14 +576,16 @@ public struct DedupRepository: BackupRepository {
         return AsyncThrowingStream { try await reader.next() }
     }
 
-    /// Pulls a stream backup chunk by chunk, keeping only the current pack open.
+    /// Pulls a stream backup chunk by chunk, holding one manifest segment and one open pack.
     final actor StreamReader {
         let repository: DedupRepository
         let object: StoredObject
         let accountID: String
-        var entries: [(length: Int, id: ChunkID)]?
-        var locations: [ChunkID: ChunkLocation] = [:]
+        var layer: ChainLayer?
         var keys: AccountKeys?
+        var segment = -1
+        var entries: [(length: Int, id: ChunkID)] = []
+        var locations: [ChunkID: ChunkLocation] = [:]
         var position = 0
         var openPackID: String?
         var openPack: [UInt8] = []
@@ -498,17 +597,24 @@ public struct DedupRepository: BackupRepository {
         }
 
         func next() async throws -> [UInt8]? {
-            if entries == nil {
+            if layer == nil {
                 let keys = try await repository.keys(accountID)
                 let record = try await repository.layerRecord(object, accountID: accountID)
-                guard case .stream(let items) = try await repository.loadLayer(record, keys: keys).entries else {
-                    throw RepositoryError(.corrupt, "manifest \(record.id) is not a stream manifest")
+                guard record.kind == .stream else { throw RepositoryError(.corrupt, "manifest \(record.id) is not a stream manifest") }
+                layer = ChainLayer(record: record, header: try await repository.loadHeader(record, keys: keys))
+                self.keys = keys
+            }
+            guard let layer, let keys else { return nil }
+            while position == entries.count {
+                segment += 1
+                guard segment < layer.header.segments.count else { return nil }
+                guard case .stream(let items)? = try await repository.loadSegment(layer, segment, keys: keys) else {
+                    throw RepositoryError(.corrupt, "manifest \(layer.record.id) is not a stream manifest")
                 }
                 locations = try await repository.locate(Array(Set(items.map(\.id))), accountID: accountID)
                 entries = items
-                self.keys = keys
+                position = 0
             }
-            guard let entries, position < entries.count, let keys else { return nil }
             let entry = entries[position]
             position += 1
             let location = locations[entry.id]!
@@ -524,28 +630,37 @@ public struct DedupRepository: BackupRepository {
 
     // MARK: Verification
 
+    /// Reads every manifest object of the backup and every chunk it needs, a window at a time.
     public func verify(_ object: StoredObject, accountID: String) async throws -> VerificationReport {
         var report = VerificationReport(chunksChecked: 0, packsChecked: 0, problems: [])
         let keys = try await keys(accountID)
-        let distinct: [ChunkID]
         do {
             let record = try await layerRecord(object, accountID: accountID)
             guard record.objectChecksum == object.checksum else {
                 report.problems.append("manifest \(record.id) is not the one recorded for the backup")
                 return report
             }
-            if record.kind == .stream {
-                guard case .stream(let items) = try await loadLayer(record, keys: keys).entries else {
-                    throw RepositoryError(.corrupt, "manifest \(record.id) is not a stream manifest")
+            let chain = try await loadChain(record, keys: keys)
+            let top = chain.last!
+            if top.header.kind == .stream {
+                for n in 0..<top.header.segments.count {
+                    guard case .stream(let items)? = try await loadSegment(top, n, keys: keys) else {
+                        throw RepositoryError(.corrupt, "manifest \(record.id) is not a stream manifest")
+                    }
+                    try await verifyChunks(Array(Set(items.map(\.id))), accountID: accountID, keys: keys, into: &report)
                 }
-                distinct = Array(Set(items.map(\.id)))
             } else {
-                distinct = Array(Set(try await loadPageMap(record, keys: keys)))
+                for n in stride(from: 0, to: top.header.segments.count, by: windowSegments) {
+                    try await verifyChunks(Array(Set(try await window(chain, from: n, keys: keys))), accountID: accountID, keys: keys, into: &report)
+                }
             }
         } catch let error as RepositoryError {
             report.problems.append(error.message)
-            return report
         }
+        return report
+    }
+
+    func verifyChunks(_ distinct: [ChunkID], accountID: String, keys: AccountKeys, into report: inout VerificationReport) async throws {
         let locations = try await index.chunkLocations(accountID: accountID, ids: distinct)
         var byPack: [String: [ChunkLocation]] = [:]
         for id in distinct {
@@ -569,7 +684,6 @@ public struct DedupRepository: BackupRepository {
                 do { _ = try extract(location, from: plaintext, keys: keys) } catch let error as RepositoryError { report.problems.append(error.message) }
             }
         }
-        return report
     }
 
     public func uniqueBytes(_ object: StoredObject) async throws -> Int64 {

@@ -49,13 +49,16 @@ public struct LayerRecord: Sendable, Equatable {
     public var entryCount: Int
     public var logicalSize: Int64
     public var storedBytes: Int64
+    /// SHA-256 of the sealed header object; empty while the layer is being written.
     public var objectChecksum: String
+    /// Segment objects (`manifests/<id>-<n>`, see `ManifestHeader`) the layer may have.
+    public var segments: Int
     public var createdAt: Date
     public var objectKey: String { "manifests/\(id)" }
 
     public init(
         id: String, accountID: String, parentID: String?, depth: Int, kind: Kind, pageSize: Int, entryCount: Int,
-        logicalSize: Int64, storedBytes: Int64, objectChecksum: String, createdAt: Date
+        logicalSize: Int64, storedBytes: Int64, objectChecksum: String, segments: Int = 0, createdAt: Date
     ) {
         self.id = id
         self.accountID = accountID
@@ -67,6 +70,7 @@ public struct LayerRecord: Sendable, Equatable {
         self.logicalSize = logicalSize
         self.storedBytes = storedBytes
         self.objectChecksum = objectChecksum
+        self.segments = segments
         self.createdAt = createdAt
     }
 }
@@ -80,12 +84,17 @@ public protocol RepositoryIndex: AccountKeyStore {
     /// Records packs already durable in storage and the chunks in them, in one transaction.
     func insertPacks(_ packs: [(pack: PackRecord, chunks: [ChunkLocation])]) async throws
     func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation]
-    /// Records a layer and the chunks it refers to, after checking in the same transaction that
-    /// each `reused` chunk (one that existed before this backup started) still exists: GC may have
-    /// removed it meanwhile, and then this throws `RepositoryError(.chunksCollected)`. Chunks the
-    /// backup stored itself need no check: GC never collects what a running backup stored.
-    /// The parent gains a reference.
-    func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID], reused: [ChunkID]) async throws
+    /// Records a layer a backup starts writing (checksum empty); the parent gains a reference, or
+    /// this throws `RepositoryError(.chunksCollected)` when GC removed the parent meanwhile. A
+    /// layer no backup ever takes is dropped by GC like any other unreferenced one.
+    func openLayer(_ layer: LayerRecord) async throws
+    /// Adds references from a layer to chunks of its account, checking in the same transaction
+    /// that each exists: GC may have removed one between the backup's lookup and now, and then
+    /// this throws `RepositoryError(.chunksCollected)`. Returns each chunk's stored length.
+    /// Called a manifest segment at a time, so no list of all of a backup's chunks is ever held.
+    func addLayerReferences(layerID: String, accountID: String, ids: [ChunkID]) async throws -> [ChunkID: Int]
+    /// Completes an open layer: sizes, counts, segments and the header's checksum.
+    func finishLayer(_ layer: LayerRecord) async throws
     func layer(id: String) async throws -> LayerRecord?
     /// Bytes that deleting the backup whose top layer this is would free.
     func uniqueBytes(layerID: String) async throws -> Int64
@@ -110,4 +119,13 @@ public protocol RepositoryIndex: AccountKeyStore {
     func forgetGarbageObjects(_ keys: [String]) async throws
     /// Which of `keys` the index knows (packs, manifests, or queued garbage).
     func knownObjectKeys(_ keys: [String]) async throws -> Set<String>
+}
+
+extension RepositoryIndex {
+    /// A whole layer at once: opened, its references added, finished.
+    public func insertLayer(_ layer: LayerRecord, chunkIDs: [ChunkID]) async throws {
+        try await openLayer(layer)
+        _ = try await addLayerReferences(layerID: layer.id, accountID: layer.accountID, ids: chunkIDs)
+        try await finishLayer(layer)
+    }
 }

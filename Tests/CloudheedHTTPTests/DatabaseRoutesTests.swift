@@ -136,10 +136,12 @@ struct DatabaseRoutesTests {
             #expect(backups["backups"]?.arrayValue?.map { $0["id"] } == [manual["id"]])
             #expect(try await api.call(.get, "/v1/account", token: token)["storage_used_bytes"] == manual["stored_bytes"])
             // The manual backup's manifest is layered on the automatic one's, so garbage collection
-            // keeps both; the restore below proves nothing it needs was removed.
-            #expect(repositoryObjects(service, "manifests").count == 2)
+            // keeps both; the restore below proves nothing it needs was removed. (Segment objects,
+            // `<layer>-<n>`, left aside: a delta without changes has none.)
+            let headers = { repositoryObjects(service, "manifests").filter { !$0.contains("-") } }
+            #expect(headers().count == 2)
             try await service.components.collector.run()
-            #expect(repositoryObjects(service, "manifests").count == 2)
+            #expect(headers().count == 2)
 
             // Hidden from the default list, shown on request and by id.
             #expect(try await api.call(.get, "/v1/databases", token: token)["databases"]?.arrayValue?.isEmpty == true)

@@ -37,14 +37,16 @@ struct RecoveryTests {
         // The dead worker's late outcome is refused.
         #expect(try await f.service.catalog.finishJob(dead, outcome: .backupCompleted(orphan), at: f.clock.now()) == .leaseLost)
 
-        // Garbage collection drops the orphaned manifest once past the grace period, and keeps the live one.
-        #expect(f.objects("manifests") == [orphan.key, recovered.object!.key])
+        // Garbage collection drops the orphaned manifest (header and segment) once past the grace
+        // period, and keeps the live one.
+        let live = recovered.object!.key
+        #expect(f.objects("manifests") == [orphan.key, orphan.key + "-0", live, live + "-0"])
         #expect(try await f.collector.run().layersDropped == 0)
         f.clock.advance(by: 3601)
         #expect(try await f.collector.run().layersDropped == 1)
         f.clock.advance(by: 3601)
         try await f.collector.run()
-        #expect(f.objects("manifests") == [recovered.object!.key])
+        #expect(f.objects("manifests") == [live, live + "-0"])
 
         // And the recovered backup restores.
         let (restore, _) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: "recovered")

@@ -71,7 +71,7 @@ struct Fixture {
         try await catalog.insertLayer(
             LayerRecord(id: id, accountID: accountID, parentID: nil, depth: 0, kind: .pagesFull, pageSize: 4096, entryCount: 0,
                         logicalSize: size, storedBytes: size, objectChecksum: "00", createdAt: at),
-            chunkIDs: [], reused: [])
+            chunkIDs: [])
         return StoredObject(key: id, sizeBytes: size, checksum: "00", storedBytes: size)
     }
 

@@ -43,11 +43,12 @@ struct RepositoryFixture {
     let clock = ManualWallClock(Date(timeIntervalSince1970: 1_773_716_400))
     static let cdc = FastCDCParameters(minimum: 1024, average: 4096, maximum: 16384)
 
-    init(compression: CompressionSetting = .default, grace: TimeInterval = 3600, packSize: Int = 64 << 10, master: MasterKey? = nil) async throws {
+    /// `segmentSpan` small makes manifests of a few pages span several segments.
+    init(compression: CompressionSetting = .default, grace: TimeInterval = 3600, packSize: Int = 64 << 10, master: MasterKey? = nil, segmentSpan: Int = 65536) async throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         catalog = try SQLiteCatalog(path: directory + "/catalog.sqlite3", garbageGrace: grace)
         self.master = master ?? MasterKey.generate().0
-        repository = Self.repository(catalog: catalog, directory: directory, master: self.master, clock: clock, compression: compression, grace: grace, packSize: packSize)
+        repository = Self.repository(catalog: catalog, directory: directory, master: self.master, clock: clock, compression: compression, grace: grace, packSize: packSize, segmentSpan: segmentSpan)
         for account in ["acct-a", "acct-b"] {
             try await catalog.createAccount(
                 Account(id: account, name: account, storageQuotaBytes: 1 << 40, createdAt: clock.now()),
@@ -55,10 +56,11 @@ struct RepositoryFixture {
         }
     }
 
-    static func repository(catalog: SQLiteCatalog, directory: String, master: MasterKey, clock: any WallClock, compression: CompressionSetting = .default, grace: TimeInterval = 3600, packSize: Int = 64 << 10) -> DedupRepository {
+    static func repository(catalog: SQLiteCatalog, directory: String, master: MasterKey, clock: any WallClock, compression: CompressionSetting = .default, grace: TimeInterval = 3600, packSize: Int = 64 << 10, segmentSpan: Int = 65536) -> DedupRepository {
         DedupRepository(
             index: catalog, blobs: try! FileBlobStore(root: directory + "/repository"), keyRing: KeyRing(master: master, store: catalog),
-            clock: clock, ids: SecureIDGenerator(), compression: compression, packSize: packSize, concurrency: 2, cdc: cdc, grace: grace)
+            clock: clock, ids: SecureIDGenerator(), compression: compression, packSize: packSize, concurrency: 2, cdc: cdc, grace: grace,
+            segmentSpan: segmentSpan)
     }
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
@@ -119,10 +121,10 @@ func page(_ fill: UInt8, size: Int = 4096, marker: String = "") -> [UInt8] {
 
 @Suite("Deduplicating repository")
 struct RepositoryTests {
-    @Test("Streams of awkward sizes round-trip byte for byte",
-          arguments: [0, 1, 1023, 1024, 4096, 16383, 16384, 16385, 3 * 16384 + 5, 300_000])
-    func streamRoundTrip(_ size: Int) async throws {
-        let f = try await RepositoryFixture()
+    @Test("Streams of awkward sizes round-trip byte for byte, in one manifest segment or many",
+          arguments: [0, 1, 1023, 1024, 4096, 16383, 16384, 16385, 3 * 16384 + 5, 300_000], [65536, 4])
+    func streamRoundTrip(_ size: Int, segmentSpan: Int) async throws {
+        let f = try await RepositoryFixture(segmentSpan: segmentSpan)
         defer { f.cleanup() }
         let bytes = randomBytes(size)
         let object = try await f.storeStream(bytes)
@@ -172,9 +174,10 @@ struct RepositoryTests {
         #expect(f.objects("packs") == streamPacks)
     }
 
-    @Test("Layered manifests: each version restores exactly as it was, the chain stays short, and growth or shrinkage is kept")
-    func layering() async throws {
-        let f = try await RepositoryFixture()
+    @Test("Layered manifests: each version restores exactly as it was, the chain stays short, and growth or shrinkage is kept",
+          arguments: [65536, 7])
+    func layering(segmentSpan: Int) async throws {
+        let f = try await RepositoryFixture(segmentSpan: segmentSpan)
         defer { f.cleanup() }
         var pages = (0..<40).map { _ in randomBytes(4096) }
         var versions: [(StoredObject, [UInt8])] = []
@@ -222,9 +225,9 @@ struct RepositoryTests {
         #expect(child.storedBytes > 0)
     }
 
-    @Test("A delta manifest reports exactly the stored bytes a full manifest of the same data reports")
-    func deltaSizesExact() async throws {
-        let f = try await RepositoryFixture()
+    @Test("A delta manifest reports exactly the stored bytes a full manifest of the same data reports", arguments: [65536, 4])
+    func deltaSizesExact(segmentSpan: Int) async throws {
+        let f = try await RepositoryFixture(segmentSpan: segmentSpan)
         defer { f.cleanup() }
         var pages = (0..<30).map { _ in randomBytes(4096) } + [page(1), page(1), page(2)]
         var parent = try await f.storePages(pages)
@@ -263,17 +266,20 @@ struct RepositoryTests {
 
     @Test("Tampering with a pack or a manifest, truncating or deleting one, fails restore and verify with a clear error")
     func tampering() async throws {
-        for damage in ["flip-pack", "truncate-pack", "delete-pack", "flip-manifest", "delete-manifest"] {
-            let f = try await RepositoryFixture()
+        for damage in ["flip-pack", "truncate-pack", "delete-pack", "flip-manifest", "delete-manifest", "flip-segment-manifest", "delete-segment-manifest"] {
+            let f = try await RepositoryFixture(segmentSpan: 8)
             defer { f.cleanup() }
             let pages = (0..<30).map { _ in randomBytes(4096) }
             let object = try await f.storePages(pages)
             let pack = f.directory + "/repository/packs/" + f.objects("packs")[0]
-            let manifest = f.directory + "/repository/manifests/" + f.objects("manifests")[0]
+            // Sorted, the header `mf...` comes before its segments `mf...-0` to `mf...-3`.
+            let manifests = f.objects("manifests")
+            #expect(manifests.count == 5)
+            let manifest = f.directory + "/repository/manifests/" + (damage.contains("segment") ? manifests[2] : manifests[0])
             let path = damage.hasSuffix("pack") ? pack : manifest
             var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
             switch damage {
-            case "flip-pack", "flip-manifest": bytes[bytes.count / 2] ^= 0x04
+            case "flip-pack", "flip-manifest", "flip-segment-manifest": bytes[bytes.count / 2] ^= 0x04
             case "truncate-pack": bytes.removeLast(100)
             default: bytes = []
             }
@@ -387,6 +393,32 @@ struct GarbageCollectionTests {
         await #expect(throws: RepositoryError.self) { _ = try await f.restorePages(extra) }
     }
 
+    @Test("A backup interrupted before its manifest header is written leaves nothing behind: its open layer, segments and packs are collected")
+    func interruptedBackupCollected() async throws {
+        let f = try await RepositoryFixture(grace: 10, segmentSpan: 4)
+        defer { f.cleanup() }
+        let failing = DedupRepository(
+            index: f.catalog, blobs: HeaderRefusingStore(inner: try FileBlobStore(root: f.directory + "/repository")),
+            keyRing: KeyRing(master: f.master, store: f.catalog), clock: f.clock, ids: SecureIDGenerator(), packSize: 16 << 10,
+            concurrency: 2, grace: 10, segmentSpan: 4)
+        let pages = (0..<12).map { _ in randomBytes(4096) }
+        await #expect(throws: RepositoryError.self) { _ = try await f.storePages(pages, repository: failing) }
+        #expect(f.objects("manifests").count == 3, "three segments, no header")
+        #expect(f.objects("packs").count >= 3)
+        // Past the grace period, and past the files' real modification times.
+        f.clock.advance(by: Date().timeIntervalSince(f.clock.now()) + 60)
+        let report = try await f.repository.collectGarbage(now: f.clock.now())
+        #expect(report.layersDropped == 1)
+        #expect(report.orphansDeleted == 3)
+        #expect(report.chunksDeleted == 12)
+        f.clock.advance(by: 60)
+        _ = try await f.repository.collectGarbage(now: f.clock.now())
+        #expect(f.objects("manifests").isEmpty)
+        #expect(f.objects("packs").isEmpty)
+        let again = try await f.storePages(pages)
+        #expect(try await f.restorePages(again) == pages.flatMap { $0 })
+    }
+
     func backupID(of object: StoredObject, _ f: RepositoryFixture) async throws -> String {
         for account in ["acct-a"] {
             for database in try await f.catalog.databases(accountID: account, includeDeleted: true) {
@@ -447,7 +479,7 @@ struct GarbageCollectionTests {
         stale.id = "mfstale"
         do {
             let lost = ChunkID(bytes: randomBytes(32))
-            try await f.catalog.insertLayer(stale, chunkIDs: [lost], reused: [lost])
+            try await f.catalog.insertLayer(stale, chunkIDs: [lost])
             Issue.record("a manifest over a collected chunk was recorded")
         } catch let error as RepositoryError {
             #expect(error.kind == .chunksCollected)
@@ -587,4 +619,18 @@ struct SettingsParsingTests {
         }
         #expect(throws: KeyError.self) { try MasterKey(bytes: [UInt8](repeating: 1, count: 31)) }
     }
+}
+
+/// Storage that refuses manifest headers, as if the process died just before writing one.
+struct HeaderRefusingStore: BlobStore {
+    let inner: FileBlobStore
+    func refuse(_ key: String) throws {
+        if key.hasPrefix("manifests/"), !key.contains("-") { throw RepositoryError(.io, "refused \(key)") }
+    }
+    func put(_ key: String, _ bytes: [UInt8]) async throws { try refuse(key); try await inner.put(key, bytes) }
+    func putBuffered(_ key: String, _ bytes: [UInt8]) async throws { try refuse(key); try await inner.putBuffered(key, bytes) }
+    func syncBuffered() async throws { try await inner.syncBuffered() }
+    func get(_ key: String) async throws -> [UInt8] { try await inner.get(key) }
+    func delete(_ key: String) async throws { try await inner.delete(key) }
+    func list(prefix: String) async throws -> [RepositoryEntry] { try await inner.list(prefix: prefix) }
 }
