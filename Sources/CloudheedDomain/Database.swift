@@ -3,6 +3,7 @@ import Foundation
 /// Which engine holds a database's data. New engines plug in behind `DatabaseEngine`.
 public enum EngineKind: String, CaseIterable, Codable, Sendable {
     case sqlite
+    case postgres
 
     public static func parse(_ raw: String) throws(DomainError) -> EngineKind {
         guard let engine = EngineKind(rawValue: raw) else {

@@ -7,8 +7,13 @@ public protocol DatabaseEngine: Sendable {
     var kind: EngineKind { get }
     /// Where a new database with this id will live.
     func location(forDatabaseID id: String) -> String
-    /// Creates the empty database at `location`.
-    func create(at location: String) async throws
+    /// Creates the empty database at `location`; returns its owner's password where the engine
+    /// has one (shown once, in the create response, never stored).
+    @discardableResult
+    func create(at location: String) async throws -> String?
+    /// Called when a restore is requested, before it is queued: creates what must exist for the
+    /// restore response to show credentials (PostgreSQL: the owner role), returning its password.
+    func prepareRestore(at location: String) async throws -> String?
     /// Removes the database and everything the engine keeps for it.
     func drop(at location: String) async throws
     /// Takes a consistent snapshot of the live database while applications keep writing,
@@ -17,8 +22,13 @@ public protocol DatabaseEngine: Sendable {
     /// Rebuilds a database at `location` from `object`, checks it, and only then puts it in
     /// place; on any failure nothing is left at `location`.
     func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws
-    /// What applications connect with.
-    func connectionURI(location: String) -> String
+    /// What applications connect with; the password only where given.
+    func connectionURI(location: String, password: String?) -> String
+}
+
+extension DatabaseEngine {
+    public func prepareRestore(at location: String) async throws -> String? { nil }
+    public func connectionURI(location: String) -> String { connectionURI(location: location, password: nil) }
 }
 
 /// An engine failure, reported on the backup or restore as `error.code` / `error.message`.
@@ -43,7 +53,8 @@ public struct EngineRegistry: Sendable {
 
     public func engine(_ kind: EngineKind) throws(DomainError) -> any DatabaseEngine {
         guard let engine = engines[kind] else {
-            throw DomainError(.unprocessable, code: "engine_unavailable", message: "the \(kind.rawValue) engine is not configured on this service")
+            let hint = kind == .postgres ? "; start the service with --postgres-url (or CLOUDHEED_POSTGRES_URL) naming a role that may create databases and roles" : ""
+            throw DomainError(.unprocessable, code: "engine_unavailable", message: "the \(kind.rawValue) engine is not configured on this service\(hint)")
         }
         return engine
     }

@@ -25,16 +25,18 @@ public struct SQLiteEngine: DatabaseEngine {
         databasesDirectory + "/" + id + ".sqlite3"
     }
 
-    public func connectionURI(location: String) -> String {
+    public func connectionURI(location: String, password: String?) -> String {
         URL(fileURLWithPath: location).absoluteString
     }
 
-    public func create(at location: String) async throws {
+    @discardableResult
+    public func create(at location: String) async throws -> String? {
         guard !FileManager.default.fileExists(atPath: location) else {
             throw EngineError(code: "database_exists", message: "a database file already exists at the new database's location")
         }
         // WAL lets applications keep writing while a backup reads its snapshot.
         try await Self.enableWAL(location)
+        return nil
     }
 
     public func drop(at location: String) async throws {

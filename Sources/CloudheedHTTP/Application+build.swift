@@ -16,11 +16,18 @@ public struct ServeConfiguration: Sendable {
     public var adminToken: String?
     public var masterKey: MasterKeySource
     public var compression: CompressionSetting
+    /// `--postgres-url`: the server PostgreSQL databases are created on; without it the engine is off.
+    public var postgres: PostgresServer?
+    /// `--postgres-bin-dir`: where pg_dump and pg_restore are, before PATH and /usr/lib/postgresql.
+    public var postgresBinDirectory: String?
 
     public init(
         dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
-        masterKey: MasterKeySource = .dataDirectory, compression: CompressionSetting = .default
+        masterKey: MasterKeySource = .dataDirectory, compression: CompressionSetting = .default, postgres: PostgresServer? = nil,
+        postgresBinDirectory: String? = nil
     ) {
+        self.postgres = postgres
+        self.postgresBinDirectory = postgresBinDirectory
         self.dataDirectory = dataDirectory
         self.host = host
         self.port = port
@@ -70,8 +77,8 @@ public struct Components: Sendable {
     /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it.
     public static func make(
         dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
-        compression: CompressionSetting = .default, garbageGrace: TimeInterval = 3600, clock: any WallClock = SystemWallClock(),
-        ids: any IDGenerator = SecureIDGenerator(), logger: Logger
+        compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, garbageGrace: TimeInterval = 3600,
+        clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
         let root = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -81,7 +88,8 @@ public struct Components: Sendable {
         let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
         let repository = try DedupRepository.local(
             root: root + "/repository", catalog: catalog, masterKey: masterKey, clock: clock, ids: ids, compression: compression, grace: garbageGrace)
-        let engines = EngineRegistry([try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)])
+        let sqlite: any DatabaseEngine = try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)
+        let engines = EngineRegistry([sqlite] + (postgres.map { [$0] } ?? []))
         let service = BackupService(
             catalog: catalog, repository: repository, engines: engines, clock: clock, ids: ids, signal: WorkSignal(), settings: settings)
         return Components(
@@ -174,9 +182,15 @@ public func buildApplication(
         announce(warning)
         logger.warning("generated a new master key; back it up", metadata: ["path": "\(generatedKey)"])
     }
+    var postgres: PostgresEngine?
+    if let server = configuration.postgres {
+        let tools = await PostgresTools.locate(binDirectory: configuration.postgresBinDirectory)
+        if tools == nil { logger.warning("pg_dump and pg_restore were not found: PostgreSQL backups and restores will fail until they are installed") }
+        postgres = PostgresEngine(server: server, tools: tools, logger: logger)
+    }
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
-        compression: configuration.compression, clock: clock, ids: ids, logger: logger)
+        compression: configuration.compression, postgres: postgres, clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(

@@ -69,14 +69,15 @@ struct BackupController {
     @Sendable func restore(_ request: Request, context: AppRequestContext) async throws -> Response {
         let account = try context.requireAccount()
         let fields = try await request.fields(allowed: ["target_database_name"], optional: true)
-        let (restore, database) = try await service.restore(
+        let (restore, database, uri) = try await service.restore(
             accountID: account.id, databaseID: try context.parameters.require("id"),
             backupID: try context.parameters.require("backupID"), targetName: try fields.string("target_database_name"))
         context.logger.info("restore requested", metadata: ["restore.id": "\(restore.id)", "backup.id": "\(restore.backupID)"])
         return json(
             .object([
                 ("restore", Representation.restore(restore)),
-                ("database", Representation.database(database, uri: service.connectionURI(for: database))),
+                // The only response that carries the new owner's password (PostgreSQL).
+                ("database", Representation.database(database, uri: uri)),
             ]), status: .accepted)
     }
 

@@ -25,9 +25,10 @@ struct DatabaseController {
         let tier = try Tier.parse(try fields.requiredString("tier"))
         let engine = try EngineKind.parse(try fields.string("engine") ?? EngineKind.sqlite.rawValue)
         let window = try fields.string("backup_window").map { text throws(DomainError) in try BackupWindow.parse(text) }
-        let database = try await service.createDatabase(accountID: account.id, name: name, tier: tier, engine: engine, backupWindow: window)
+        let (database, uri) = try await service.createDatabase(accountID: account.id, name: name, tier: tier, engine: engine, backupWindow: window)
         context.logger.info("database created", metadata: ["database.id": "\(database.id)"])
-        return json(representation(database), status: .created)
+        // The only response that carries the owner's password (PostgreSQL).
+        return json(Representation.database(database, uri: uri), status: .created)
     }
 
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {

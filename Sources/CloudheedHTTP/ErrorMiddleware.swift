@@ -1,5 +1,6 @@
 import Foundation
 import CloudheedDomain
+import CloudheedEngines
 import Hummingbird
 import Logging
 
@@ -11,6 +12,11 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             return try await next(request, context)
         } catch let error as DomainError {
             return Self.response(status: Self.status(error.kind), code: error.code, message: error.message, unauthorized: error.kind == .unauthorized)
+        } catch let error as EngineError {
+            // The database server failed (unreachable, refused our role): not the caller's fault,
+            // and worth retrying.
+            context.logger.warning("database engine failed", metadata: ["error.code": "\(error.code)"])
+            return Self.response(status: .serviceUnavailable, code: error.code, message: error.message)
         } catch let error as any HTTPResponseError {
             // Hummingbird's own errors (no route, body too large) and NIO's NIOTooManyBytesError.
             let (code, message) = Self.describe(status: error.status, detail: (error as? HTTPError)?.body)

@@ -75,7 +75,9 @@ public struct BackupService: Sendable {
 
     // MARK: Databases
 
-    public func createDatabase(accountID: String, name: String, tier: Tier, engine kind: EngineKind, backupWindow: BackupWindow?) async throws -> ManagedDatabase {
+    /// The new database, and the URI applications connect with, password included where the
+    /// engine has one: it is shown this once and stored nowhere.
+    public func createDatabase(accountID: String, name: String, tier: Tier, engine kind: EngineKind, backupWindow: BackupWindow?) async throws -> (database: ManagedDatabase, connectionURI: String) {
         try DatabaseName.validate(name)
         let engine = try engines.engine(kind)
         if try await catalog.databaseNameInUse(accountID: accountID, name: name) { throw DomainError.databaseNameTaken(name) }
@@ -86,7 +88,7 @@ public struct BackupService: Sendable {
         let database = ManagedDatabase(
             id: id, accountID: accountID, name: name, tier: tier, engine: kind, status: .available, backupWindow: window,
             location: location, createdAt: now, nextBackupAt: window.firstDueStart(createdAt: now))
-        try await engine.create(at: location)
+        let password = try await engine.create(at: location)
         do {
             try await catalog.insertDatabase(database)
         } catch {
@@ -94,7 +96,7 @@ public struct BackupService: Sendable {
             try? await engine.drop(at: location)
             throw error
         }
-        return database
+        return (database, engine.connectionURI(location: location, password: password))
     }
 
     public func databases(accountID: String, includeDeleted: Bool) async throws -> [ManagedDatabase] {
@@ -179,7 +181,9 @@ public struct BackupService: Sendable {
 
     // MARK: Restores
 
-    public func restore(accountID: String, databaseID: String, backupID: String, targetName: String?) async throws -> (Restore, ManagedDatabase) {
+    /// Queues a restore into a new database; the URI shows the new owner's password where the
+    /// engine has one (this once).
+    public func restore(accountID: String, databaseID: String, backupID: String, targetName: String?) async throws -> (Restore, ManagedDatabase, connectionURI: String) {
         let source = try await database(accountID: accountID, id: databaseID)
         let backup = try await backup(accountID: accountID, databaseID: databaseID, backupID: backupID)
         try backup.checkRestorable()
@@ -196,9 +200,15 @@ public struct BackupService: Sendable {
         let restore = Restore(
             id: ids.make(.restore), accountID: accountID, backupID: backupID, sourceDatabaseID: databaseID,
             targetDatabaseID: targetID, status: .pending, createdAt: now)
-        try await catalog.enqueueRestore(restore, target: target, jobID: ids.make(.job), now: now)
+        let password = try await engine.prepareRestore(at: target.location)
+        do {
+            try await catalog.enqueueRestore(restore, target: target, jobID: ids.make(.job), now: now)
+        } catch {
+            try? await engine.drop(at: target.location)
+            throw error
+        }
         signal.notify()
-        return (restore, target)
+        return (restore, target, engine.connectionURI(location: target.location, password: password))
     }
 
     public func restore(accountID: String, id: String) async throws -> Restore {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CloudheedEngines
 import CloudheedHTTP
 import CloudheedRuntime
 import CloudheedStorage
@@ -31,6 +32,10 @@ struct Serve: AsyncParsableCommand {
     var masterKeyFile: String?
     @Option(help: "Compression of stored data: a zstd level 1-19, or none (env CLOUDHEED_COMPRESSION). Default 3.")
     var compression: String?
+    @Option(help: "PostgreSQL server for postgres databases, as a role that may create databases and roles: postgresql://USER:PASSWORD@HOST:PORT/DBNAME (env CLOUDHEED_POSTGRES_URL). Without it the postgres engine is off.")
+    var postgresURL: String?
+    @Option(help: "Directory holding pg_dump and pg_restore (env CLOUDHEED_POSTGRES_BIN_DIR). Default: PATH, then the newest /usr/lib/postgresql/*/bin.")
+    var postgresBinDir: String?
 
     func run() async throws {
         var flags: [AbsoluteConfigKey: ConfigValue] = [:]
@@ -46,6 +51,8 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.lease.seconds", leaseSeconds.map { .int($0) })
         set("cloudheed.log.level", logLevel.map { .string($0) })
         set("cloudheed.compression", compression.map { .string($0) })
+        set("cloudheed.postgres.bin.dir", postgresBinDir.map { .string($0) })
+        if let postgresURL { flags["cloudheed.postgres.url"] = ConfigValue(.string(postgresURL), isSecret: true) }
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
 
         let levelName = config.string(forKey: "cloudheed.log.level", default: "info")
@@ -74,6 +81,11 @@ struct Serve: AsyncParsableCommand {
             masterKey = .dataDirectory
         }
 
+        var postgres: PostgresServer?
+        if let url = config.string(forKey: "cloudheed.postgres.url", isSecret: true) {
+            do { postgres = try PostgresServer(url: url) } catch { throw ValidationError("--postgres-url: \(error.message)") }
+        }
+
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -89,7 +101,8 @@ struct Serve: AsyncParsableCommand {
             port: port,
             settings: settings,
             adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true),
-            masterKey: masterKey, compression: compression)
+            masterKey: masterKey, compression: compression, postgres: postgres,
+            postgresBinDirectory: config.string(forKey: "cloudheed.postgres.bin.dir"))
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

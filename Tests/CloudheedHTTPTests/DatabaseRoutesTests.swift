@@ -48,6 +48,8 @@ struct DatabaseRoutesTests {
                 (#"{"name":"shop","tier":"huge"}"#, .unprocessableContent, "invalid_tier"),
                 (#"{"name":"shop"}"#, .unprocessableContent, "missing_tier"),
                 (#"{"name":"shop","tier":"micro","engine":"oracle"}"#, .unprocessableContent, "invalid_engine"),
+                // Known, but this service was started without --postgres-url.
+                (#"{"name":"shop","tier":"micro","engine":"postgres"}"#, .unprocessableContent, "engine_unavailable"),
                 (#"{"name":"shop","tier":"micro","backup_window":"03:00-03:20"}"#, .unprocessableContent, "invalid_backup_window"),
                 (#"{"name":"shop","tier":"micro","backup_window":"25:00-26:00"}"#, .unprocessableContent, "invalid_backup_window"),
                 (#"{"name":"shop","tier":"micro","backup_window":"3am"}"#, .unprocessableContent, "invalid_backup_window"),
@@ -60,6 +62,8 @@ struct DatabaseRoutesTests {
                 #expect(response.status == status, "\(body)")
                 #expect(response.errorCode == code, "\(body)")
             }
+            let unavailable = try await api.call(.post, "/v1/databases", token: token, body: #"{"name":"shop","tier":"micro","engine":"postgres"}"#)
+            #expect(unavailable["error"]?["message"]?.stringValue?.contains("--postgres-url") == true)
             #expect(try await api.call(.get, "/v1/databases", token: token)["databases"]?.arrayValue?.isEmpty == true)
             let files = try FileManager.default.contentsOfDirectory(atPath: service.directory + "/databases")
             #expect(files.isEmpty)

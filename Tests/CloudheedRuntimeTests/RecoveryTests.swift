@@ -49,7 +49,7 @@ struct RecoveryTests {
         #expect(f.objects("manifests") == [live, live + "-0"])
 
         // And the recovered backup restores.
-        let (restore, _) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: "recovered")
+        let (restore, _, _) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: "recovered")
         try await f.runJobs()
         #expect(try await f.service.catalog.restore(id: restore.id)?.status == .completed)
     }
@@ -61,7 +61,7 @@ struct RecoveryTests {
         let database = try await f.database(try await f.account(), window: "03:00-04:00")
         let backup = try await f.service.createManualBackup(accountID: database.accountID, databaseID: database.id, name: nil)
         try await f.runJobs()
-        let (restore, target) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: nil)
+        let (restore, target, _) = try await f.service.restore(accountID: database.accountID, databaseID: database.id, backupID: backup.id, targetName: nil)
         for attempt in 1...2 {
             _ = try #require(try await f.service.catalog.claimJob(leaseToken: "dead\(attempt)", now: f.clock.now(), leaseDuration: .seconds(10), maxAttempts: 2))
             // Each dead attempt had begun writing its partial file.

@@ -49,7 +49,7 @@ struct RuntimeFixture: Sendable {
     }
 
     func database(_ account: Account, window: String, tier: Tier = .micro, rows: Int = 10) async throws -> ManagedDatabase {
-        let database = try await service.createDatabase(
+        let (database, _) = try await service.createDatabase(
             accountID: account.id, name: "db-\(UUID().uuidString.prefix(8).lowercased())", tier: tier, engine: .sqlite,
             backupWindow: try BackupWindow.parse(window))
         let queue = try DatabaseQueue(path: database.location)

@@ -1,0 +1,351 @@
+import CloudheedDomain
+import CloudheedStorage
+import Foundation
+import Logging
+import PostgresNIO
+import Subprocess
+
+/// The PostgreSQL server managed databases live on, reached as a role that may create databases
+/// and roles (`--postgres-url postgresql://USER:PASSWORD@HOST:PORT/DBNAME`).
+public struct PostgresServer: Sendable, Equatable {
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    /// The database the admin connection opens (the URL's path; `postgres` if it has none).
+    public var database: String
+
+    public init(host: String, port: Int, username: String, password: String?, database: String) {
+        self.host = host
+        self.port = port
+        self.username = username
+        self.password = password
+        self.database = database
+    }
+
+    /// Parses `postgresql://` or `postgres://` URLs; the message never repeats the password.
+    public init(url: String) throws(EngineError) {
+        let invalid = EngineError(code: "invalid_configuration", message: "the PostgreSQL URL must look like postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
+        guard let components = URLComponents(string: url), ["postgresql", "postgres"].contains(components.scheme ?? ""),
+              let host = components.host, !host.isEmpty, let user = components.user, !user.isEmpty else { throw invalid }
+        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
+        self.init(
+            host: host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host, port: components.port ?? 5432,
+            username: user.removingPercentEncoding ?? user, password: components.password.map { $0.removingPercentEncoding ?? $0 },
+            database: path.isEmpty ? "postgres" : path)
+    }
+
+    func configuration(database: String? = nil) -> PostgresConnection.Configuration {
+        var configuration = PostgresConnection.Configuration(
+            host: host, port: port, username: username, password: password, database: database ?? self.database, tls: .disable)
+        configuration.options.connectTimeout = .seconds(10)
+        return configuration
+    }
+
+    /// libpq's environment for pg_dump and pg_restore: the password never shows on a command line.
+    func environment(database: String) -> [Environment.Key: String?] {
+        var values: [Environment.Key: String?] = [
+            "PGHOST": host, "PGPORT": String(port), "PGUSER": username, "PGDATABASE": database, "PGCONNECT_TIMEOUT": "10",
+            "PGAPPNAME": "cloudheed", "PGSSLMODE": "disable", "PGPASSFILE": "/dev/null", "PGSERVICEFILE": "/dev/null",
+        ]
+        values["PGPASSWORD"] = password
+        return values
+    }
+
+    /// A URI naming `role` on this server, with its password only when one is given.
+    func uri(role: String, password: String?, database: String) -> String {
+        let hostPart = host.contains(":") ? "[\(host)]" : host
+        let credentials = password.map { "\(role):\($0)" } ?? role
+        return "postgresql://\(credentials)@\(hostPart):\(port)/\(database)"
+    }
+}
+
+/// `pg_dump` and `pg_restore`, found in the configured directory, then on `PATH`, then in the
+/// newest `/usr/lib/postgresql/*/bin`.
+public struct PostgresTools: Sendable, Equatable {
+    public var pgDump: String
+    public var pgRestore: String
+    /// The major version `pg_dump --version` reports.
+    public var majorVersion: Int
+
+    public static func locate(binDirectory: String?, path: String? = ProcessInfo.processInfo.environment["PATH"]) async -> PostgresTools? {
+        var directories: [String] = []
+        if let binDirectory { directories.append(binDirectory) }
+        directories += (path ?? "").split(separator: ":").map(String.init)
+        let versions = ((try? FileManager.default.contentsOfDirectory(atPath: "/usr/lib/postgresql")) ?? []).compactMap(Int.init).sorted(by: >)
+        directories += versions.map { "/usr/lib/postgresql/\($0)/bin" }
+        for directory in directories {
+            let dump = directory + "/pg_dump", restore = directory + "/pg_restore"
+            guard FileManager.default.isExecutableFile(atPath: dump), FileManager.default.isExecutableFile(atPath: restore),
+                  let version = await majorVersion(of: dump) else { continue }
+            return PostgresTools(pgDump: dump, pgRestore: restore, majorVersion: version)
+        }
+        return nil
+    }
+
+    /// "pg_dump (PostgreSQL) 15.14 (Debian 15.14-0+deb12u1)" gives 15.
+    static func majorVersion(of executable: String) async -> Int? {
+        guard let result = try? await run(.path(.init(executable)), arguments: ["--version"], output: .string(limit: 4096)),
+              result.terminationStatus.isSuccess, case let text = result.standardOutput,
+              let range = text.range(of: #"\) (\d+)"#, options: .regularExpression) else { return nil }
+        return Int(text[range].dropFirst(2))
+    }
+}
+
+/// PostgreSQL databases on a server the service administers. Each managed database is a
+/// database and an owner role of the same name, derived from its id (`chd_db_...`), so nothing a
+/// user chose reaches SQL; identifiers are quoted all the same.
+///
+/// Backups are logical: `pg_dump` in custom format (its compression off: the repository's zstd
+/// is faster and dedups better) streamed straight into the repository, consistent because
+/// pg_dump reads everything in one repeatable-read snapshot. Restores stream the dump into
+/// `pg_restore` in one transaction, as the new owner role, into a new database.
+public struct PostgresEngine: DatabaseEngine {
+    public let kind = EngineKind.postgres
+    let server: PostgresServer
+    let tools: PostgresTools?
+    let logger: Logger
+
+    public init(server: PostgresServer, tools: PostgresTools?, logger: Logger) {
+        self.server = server
+        self.tools = tools
+        self.logger = logger
+    }
+
+    public func location(forDatabaseID id: String) -> String {
+        "chd_" + id.replacingOccurrences(of: "-", with: "_")
+    }
+
+    public func connectionURI(location: String, password: String?) -> String {
+        server.uri(role: location, password: password, database: location)
+    }
+
+    static func identifier(_ name: String) throws -> String {
+        guard !name.isEmpty, name.count <= 63, name.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }) else {
+            throw EngineError(code: "invalid_database_name", message: "'\(name)' is not a name this service gives databases")
+        }
+        return "\"\(name)\""
+    }
+
+    /// A password of 32 base-32 characters: nothing in it needs quoting.
+    static func newPassword() -> String {
+        SecureIDGenerator().randomString(count: 32)
+    }
+
+    public func create(at location: String) async throws -> String? {
+        let name = try Self.identifier(location)
+        let password = Self.newPassword()
+        try await createRole(name, password: password)
+        do {
+            try await admin { connection in
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name) OWNER \(name)"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(name) FROM PUBLIC"), logger: logger)
+            }
+        } catch {
+            try? await drop(at: location)
+            throw error
+        }
+        return password
+    }
+
+    public func prepareRestore(at location: String) async throws -> String? {
+        let password = Self.newPassword()
+        try await createRole(try Self.identifier(location), password: password)
+        return password
+    }
+
+    /// The owner role, which the admin role joins so pg_dump can read and pg_restore can act as it.
+    func createRole(_ name: String, password: String) async throws {
+        try await admin { connection in
+            try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(password)'"), logger: logger)
+            try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: logger)
+        }
+    }
+
+    public func drop(at location: String) async throws {
+        let name = try Self.identifier(location)
+        try await admin { connection in
+            try await dropDatabase(name, location: location, on: connection)
+            try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: logger)
+        }
+    }
+
+    /// Ends the owner's sessions, then drops the database. Not `WITH (FORCE)`: that refuses to
+    /// end superuser processes such as an autovacuum worker, which a plain DROP stops by itself.
+    /// A session that slips in between is ended on the next attempt.
+    func dropDatabase(_ name: String, location: String, on connection: PostgresConnection) async throws {
+        for attempt in 1...20 {
+            try await connection.query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(location) AND usename = \(location)", logger: logger)
+            do {
+                try await connection.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name)"), logger: logger)
+                return
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "55006" && attempt < 20 {
+                try await Task.sleep(for: .milliseconds(250))
+            }
+        }
+    }
+
+    public func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject {
+        let tools = try await checkedTools()
+        _ = try Self.identifier(location)
+        let result: ExecutionResult<StoredObject, SequenceOutput, StringOutput<UTF8>>
+        do {
+            result = try await run(
+                .path(.init(tools.pgDump)),
+                arguments: ["--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--no-sync"],
+                environment: .inherit.updating(server.environment(database: location)),
+                input: .none, output: .sequence, error: .string(limit: 1 << 20)
+            ) { execution in
+                try await repository.storeStream(OutputBytes(base: execution.standardOutput), target: target)
+            }
+        } catch let error as SubprocessError {
+            throw EngineError(code: "pg_dump_failed", message: "pg_dump could not be run: \(error)")
+        }
+        guard result.terminationStatus.isSuccess else {
+            throw Self.toolError("pg_dump", status: result.terminationStatus, stderr: result.standardError, database: location)
+        }
+        return result.closureResult
+    }
+
+    public func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws {
+        let tools = try await checkedTools()
+        let name = try Self.identifier(location)
+        do {
+            try await admin { connection in
+                // The role normally exists (made when the restore was requested, to show its
+                // password); an attempt that died may have left a partial database.
+                let role = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(location)", logger: logger)
+                if try await role.collect().isEmpty {
+                    try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(Self.newPassword())'"), logger: logger)
+                    try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: logger)
+                }
+                try await dropDatabase(name, location: location, on: connection)
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name) OWNER \(name)"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(name) FROM PUBLIC"), logger: logger)
+            }
+            let result = try await run(
+                .path(.init(tools.pgRestore)),
+                arguments: ["--format=custom", "--no-owner", "--no-privileges", "--role=\(location)", "--single-transaction", "--exit-on-error",
+                            "--dbname=\(location)"],
+                environment: .inherit.updating(server.environment(database: location)),
+                input: .inputWriter, output: .discarded, error: .string(limit: 1 << 20)
+            ) { execution in
+                do {
+                    for try await piece in repository.readStream(object, accountID: accountID) {
+                        _ = try await execution.standardInputWriter.write(piece)
+                    }
+                } catch let error as RepositoryError {
+                    // pg_restore must not take a partial dump for a whole one.
+                    throw error
+                } catch let error as SubprocessError {
+                    // pg_restore stopped reading: its exit status and message say why.
+                    logger.debug("pg_restore closed its input", metadata: ["error": "\(error)"])
+                }
+                try await execution.standardInputWriter.finish()
+            }
+            guard result.terminationStatus.isSuccess else {
+                throw Self.toolError("pg_restore", status: result.terminationStatus, stderr: result.standardError, database: location)
+            }
+        } catch {
+            try? await drop(at: location)
+            if let error = error as? SubprocessError {
+                throw EngineError(code: "pg_restore_failed", message: "pg_restore could not be run: \(error)")
+            }
+            throw error
+        }
+    }
+
+    // MARK: Helpers
+
+    /// The tools, refusing a pg_dump older than the server (it cannot dump newer servers).
+    func checkedTools() async throws -> PostgresTools {
+        guard let tools else {
+            throw EngineError(code: "pg_dump_unavailable", message: "pg_dump and pg_restore were not found (configure --postgres-bin-dir, or install postgresql-client)")
+        }
+        guard FileManager.default.isExecutableFile(atPath: tools.pgDump), FileManager.default.isExecutableFile(atPath: tools.pgRestore) else {
+            throw EngineError(code: "pg_dump_unavailable", message: "\(tools.pgDump) or \(tools.pgRestore) is missing")
+        }
+        let serverMajor = try await admin { connection in
+            let rows = try await connection.query("SHOW server_version_num", logger: logger)
+            for try await (text) in rows.decode(String.self) { return (Int(text) ?? 0) / 10000 }
+            return 0
+        }
+        guard tools.majorVersion >= serverMajor else {
+            throw EngineError(
+                code: "pg_dump_too_old",
+                message: "pg_dump \(tools.majorVersion) cannot back up a PostgreSQL \(serverMajor) server; install postgresql-client-\(serverMajor) or configure --postgres-bin-dir")
+        }
+        return tools
+    }
+
+    /// Runs `body` on a fresh admin connection; server failures become engine errors with codes.
+    func admin<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: server.configuration(), id: 1, logger: logger)
+        } catch {
+            throw Self.serverError(error, server: server)
+        }
+        do {
+            let value = try await body(connection)
+            try? await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw Self.serverError(error, server: server)
+        }
+    }
+
+    static func serverError(_ error: any Error, server: PostgresServer) -> any Error {
+        guard let error = error as? PSQLError else { return error }
+        let place = "\(server.host):\(server.port)"
+        switch error.code {
+        case .server:
+            let state = error.serverInfo?[.sqlState] ?? ""
+            let message = error.serverInfo?[.message] ?? "unknown error"
+            switch state {
+            case "28P01", "28000": return EngineError(code: "database_auth_failed", message: "the PostgreSQL server at \(place) refused the configured role: \(message)")
+            case "3D000": return EngineError(code: "database_missing", message: "the database is missing on the PostgreSQL server: \(message)")
+            case "57P01", "57P02", "57P03": return EngineError(code: "database_server_unavailable", message: "the PostgreSQL server at \(place) is shutting down or starting: \(message)")
+            default: return EngineError(code: "database_server_error", message: "the PostgreSQL server at \(place) answered \(state): \(message)")
+            }
+        case .connectionError, .serverClosedConnection, .uncleanShutdown:
+            return EngineError(code: "database_server_unreachable", message: "cannot reach the PostgreSQL server at \(place)")
+        default:
+            return EngineError(code: "database_server_error", message: "talking to the PostgreSQL server at \(place) failed: \(error.code)")
+        }
+    }
+
+    /// pg_dump's or pg_restore's failure, classified from its exit and its message.
+    static func toolError(_ tool: String, status: TerminationStatus, stderr: String, database: String) -> EngineError {
+        let message = stderr.split(separator: "\n").filter { !$0.isEmpty }.suffix(3).joined(separator: " ").prefix(600)
+        if case .signaled(let signal) = status {
+            return EngineError(code: "\(tool)_failed", message: "\(tool) was killed by signal \(signal)")
+        }
+        if stderr.contains("password authentication failed") || stderr.contains("no pg_hba.conf entry") {
+            return EngineError(code: "database_auth_failed", message: "\(tool): \(message)")
+        }
+        if stderr.contains("database \"\(database)\" does not exist") {
+            return EngineError(code: "database_missing", message: "the database was dropped on the PostgreSQL server outside this service")
+        }
+        if stderr.contains("Connection refused") || stderr.contains("could not connect") || stderr.contains("timeout expired") {
+            return EngineError(code: "database_server_unreachable", message: "\(tool): \(message)")
+        }
+        return EngineError(code: "\(tool)_failed", message: "\(tool) failed (\(status)): \(message)")
+    }
+}
+
+/// pg_dump's output as byte arrays for the repository.
+struct OutputBytes: AsyncSequence, Sendable {
+    typealias Element = [UInt8]
+    let base: SubprocessOutputSequence
+    struct AsyncIterator: AsyncIteratorProtocol {
+        var base: SubprocessOutputSequence.AsyncIterator
+        mutating func next() async throws -> [UInt8]? {
+            guard let buffer = try await base.next() else { return nil }
+            return buffer.withUnsafeBytes { Array($0) }
+        }
+    }
+    func makeAsyncIterator() -> AsyncIterator { AsyncIterator(base: base.makeAsyncIterator()) }
+}
