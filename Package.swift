@@ -108,6 +108,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        // What tests share: a PostgreSQL server of their own (TestPostgres).
+        .target(
+            name: "CloudheedTestSupport",
+            dependencies: [
+                "CloudheedEngines",
+                .product(name: "Subprocess", package: "swift-subprocess"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "CloudheedDomainTests",
             dependencies: ["CloudheedDomain"],
@@ -121,9 +130,8 @@ let package = Package(
         .testTarget(
             name: "CloudheedEnginesTests",
             dependencies: [
-                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines",
+                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines", "CloudheedTestSupport",
                 .product(name: "GRDB", package: "GRDB.swift"),
-                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             swiftSettings: swiftSettings
@@ -139,7 +147,7 @@ let package = Package(
         .testTarget(
             name: "CloudheedHTTPTests",
             dependencies: [
-                "CloudheedDomain", "CloudheedStorage", "CloudheedRuntime", "CloudheedHTTP",
+                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines", "CloudheedRuntime", "CloudheedHTTP", "CloudheedTestSupport",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),

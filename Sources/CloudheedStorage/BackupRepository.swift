@@ -72,7 +72,7 @@ public struct RepositoryEntry: Sendable, Equatable {
 }
 
 public struct RepositoryError: Error, Sendable, Equatable, CustomStringConvertible {
-    public enum Kind: Sendable, Equatable { case missing, corrupt, invalidKey, io, chunksCollected, keys }
+    public enum Kind: Sendable, Equatable { case missing, corrupt, invalidKey, io, storageFull, chunksCollected, keys }
     public let kind: Kind
     public let message: String
     public init(_ kind: Kind, _ message: String) {
@@ -81,10 +81,19 @@ public struct RepositoryError: Error, Sendable, Equatable, CustomStringConvertib
     }
     public var description: String { message }
 
+    /// An I/O failure; a full disk (or quota) is told apart, so operators see what to fix.
+    public static func io(_ what: String, errno code: Int32) -> RepositoryError {
+        if code == ENOSPC || code == EDQUOT {
+            return RepositoryError(.storageFull, "\(what): the backup storage is full")
+        }
+        return RepositoryError(.io, "\(what): \(String(cString: strerror(code)))")
+    }
+
     public var info: ErrorInfo {
         switch kind {
         case .missing: ErrorInfo(code: "backup_data_missing", message: message)
         case .corrupt: ErrorInfo(code: "backup_data_corrupt", message: message)
+        case .storageFull: ErrorInfo(code: "storage_full", message: message)
         case .invalidKey, .io, .chunksCollected: ErrorInfo(code: "storage_error", message: message)
         case .keys: ErrorInfo(code: "encryption_key_error", message: message)
         }

@@ -57,7 +57,7 @@ public struct FileBlobStore: BlobStore {
         let fd = open(root, O_RDONLY)
         guard fd >= 0 else { throw RepositoryError(.io, "cannot open \(root): errno \(errno)") }
         defer { close(fd) }
-        guard cloudheed_syncfs(fd) == 0 else { throw RepositoryError(.io, "cannot sync \(root): errno \(errno)") }
+        guard cloudheed_syncfs(fd) == 0 else { throw RepositoryError.io("cannot sync \(root)", errno: errno) }
     }
 
     func write(_ key: String, _ bytes: [UInt8], sync: Bool) throws {
@@ -66,7 +66,7 @@ public struct FileBlobStore: BlobStore {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let temporary = root + "/.incoming/" + key.replacingOccurrences(of: "/", with: "-") + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 36)
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
-        guard fd >= 0 else { throw RepositoryError(.io, "cannot create \(temporary): errno \(errno)") }
+        guard fd >= 0 else { throw RepositoryError.io("cannot create \(temporary)", errno: errno) }
         var ok = bytes.withUnsafeBytes { buffer in
             var offset = 0
             while offset < buffer.count {
@@ -79,8 +79,9 @@ public struct FileBlobStore: BlobStore {
         ok = ok && (!sync || fsync(fd) == 0)
         close(fd)
         guard ok, rename(temporary, destination) == 0 else {
+            let failure = errno
             unlink(temporary)
-            throw RepositoryError(.io, "cannot write object \(key): errno \(errno)")
+            throw RepositoryError.io("cannot write object \(key)", errno: failure)
         }
         if sync { FileSync.directory(directory) }
     }

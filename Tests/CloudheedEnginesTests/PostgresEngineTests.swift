@@ -1,6 +1,7 @@
 import CloudheedDomain
 @testable import CloudheedEngines
 import CloudheedStorage
+import CloudheedTestSupport
 import Foundation
 import Logging
 import Subprocess
@@ -237,6 +238,42 @@ struct PostgresEngineTests {
         // Dropped behind the service's back.
         try await f.postgres.superuser("DROP DATABASE \(name) WITH (FORCE)")
         await f.expectFailure("database_missing") { _ = try await f.engine.backup(at: name, into: f.repository, target: f.target()) }
+        try await f.engine.drop(at: name)
+    }
+
+    @Test("Storage filling up mid-backup ends the backup with storage_full and stops pg_dump", .enabled(if: getuid() == 0, "mounts a 4 MiB tmpfs"))
+    func storageFull() async throws {
+        let f = try await PostgresFixture()
+        defer { f.cleanup() }
+        let name = f.location()
+        let password = try #require(try await f.engine.create(at: name))
+        // 24 MiB that no compressor shrinks.
+        try await f.postgres.asRole(name, password: password, database: name,
+                                    "CREATE TABLE noise AS SELECT i, decode(string_agg(md5(random()::text), ''), 'hex') AS bytes FROM generate_series(1, 1500) i, generate_series(1, 1000) j GROUP BY i")
+        let small = f.directory + "/small"
+        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
+        try await TestPostgres.tool("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", small], asPostgres: false)
+        do {
+            let catalog = try SQLiteCatalog(path: f.directory + "/small-catalog.sqlite3")
+            try await catalog.createAccount(
+                Account(id: "acct-engine", name: "engine", storageQuotaBytes: 1 << 40, createdAt: Date()),
+                token: StoredToken(id: "tok-engine", accountID: "acct-engine", secretHash: [0], createdAt: Date()))
+            let repository = try DedupRepository.local(root: small + "/repository", catalog: catalog, masterKey: MasterKey.generate().0)
+            do {
+                _ = try await f.engine.backup(at: name, into: repository, target: f.target())
+                Issue.record("a backup larger than the storage succeeded")
+            } catch let error as RepositoryError {
+                #expect(error.kind == .storageFull, "\(error)")
+                #expect(error.info.code == "storage_full")
+            }
+            // pg_dump was stopped, not left writing into a pipe nobody reads.
+            try await Task.sleep(for: .milliseconds(200))
+            #expect(try await f.postgres.superuser("SELECT count(*) FROM pg_stat_activity WHERE datname = '\(name)' AND application_name = 'cloudheed'") == "0\n")
+        } catch {
+            try? await TestPostgres.tool("umount", [small], asPostgres: false)
+            throw error
+        }
+        try await TestPostgres.tool("umount", [small], asPostgres: false)
         try await f.engine.drop(at: name)
     }
 

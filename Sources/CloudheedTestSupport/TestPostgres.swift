@@ -9,25 +9,29 @@ import Testing
 ///
 /// The service connects as `cloudheed_admin`, a role with CREATEDB and CREATEROLE but not a
 /// superuser, as a platform would configure it. Test set-up and checks use the superuser.
-final class TestPostgres: Sendable {
-    static let bin = "/usr/lib/postgresql/15/bin"
-    static let adminPassword = "admin-secret-7"
-    let directory: String
-    let port: Int
+public final class TestPostgres: Sendable {
+    public static let bin = "/usr/lib/postgresql/15/bin"
+    public static let adminPassword = "admin-secret-7"
+    public let directory: String
+    public let port: Int
 
-    @TaskLocal static var current: TestPostgres?
+    @TaskLocal public static var current: TestPostgres?
 
-    var server: PostgresServer {
+    public var server: PostgresServer {
         PostgresServer(host: "127.0.0.1", port: port, username: "cloudheed_admin", password: Self.adminPassword, database: "postgres")
     }
 
     static var asRoot: Bool { getuid() == 0 }
 
-    /// Runs a PostgreSQL tool, as `postgres` when we are root; throws with its output if it fails.
+    /// Runs a PostgreSQL tool, as `postgres` when we are root (or, `asPostgres: false`, a system
+    /// tool from /usr/bin as ourselves); throws with its output if it fails.
     @discardableResult
-    static func tool(_ name: String, _ arguments: [String], environment: [Environment.Key: String?] = [:]) async throws -> String {
-        let executable = asRoot ? "/usr/sbin/runuser" : bin + "/" + name
-        let args = asRoot ? ["-u", "postgres", "--", bin + "/" + name] + arguments : arguments
+    public static func tool(
+        _ name: String, _ arguments: [String], environment: [Environment.Key: String?] = [:], asPostgres: Bool = true
+    ) async throws -> String {
+        let path = asPostgres ? bin + "/" + name : "/usr/bin/" + name
+        let executable = asRoot && asPostgres ? "/usr/sbin/runuser" : path
+        let args = asRoot && asPostgres ? ["-u", "postgres", "--", path] + arguments : arguments
         let result = try await run(
             .path(.init(executable)), arguments: .init(args), environment: .inherit.updating(environment),
             output: .string(limit: 16 << 20), error: .string(limit: 1 << 20))
@@ -37,7 +41,7 @@ final class TestPostgres: Sendable {
         return result.standardOutput
     }
 
-    static func freePort() throws -> Int {
+    public static func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }
         var address = sockaddr_in()
@@ -57,7 +61,7 @@ final class TestPostgres: Sendable {
         self.port = port
     }
 
-    static func start() async throws -> TestPostgres {
+    public static func start() async throws -> TestPostgres {
         guard FileManager.default.isExecutableFile(atPath: bin + "/initdb") else {
             throw TestPostgresError(message: "PostgreSQL 15 is not installed (scripts/install-deps installs postgresql-15)")
         }
@@ -83,34 +87,34 @@ final class TestPostgres: Sendable {
         throw lastError!
     }
 
-    func stop() async {
+    public func stop() async {
         _ = try? await Self.tool("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
         try? FileManager.default.removeItem(atPath: directory)
     }
 
     /// Runs SQL as the superuser over the server's socket; returns unaligned, tuples-only output.
     @discardableResult
-    func superuser(_ sql: String, database: String = "postgres") async throws -> String {
+    public func superuser(_ sql: String, database: String = "postgres") async throws -> String {
         try await Self.tool("psql", ["-h", directory, "-p", String(port), "-U", "postgres", "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
     }
 
     /// Runs SQL as `role` over TCP with its password, as an application would.
     @discardableResult
-    func asRole(_ role: String, password: String, database: String, _ sql: String) async throws -> String {
+    public func asRole(_ role: String, password: String, database: String, _ sql: String) async throws -> String {
         try await Self.tool(
             "psql", ["-h", "127.0.0.1", "-p", String(port), "-U", role, "-d", database, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql],
             environment: ["PGPASSWORD": password])
     }
 }
 
-struct TestPostgresError: Error, CustomStringConvertible {
-    let message: String
-    var description: String { message }
+public struct TestPostgresError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 
 /// Gives a suite its own PostgreSQL server for as long as it runs (`TestPostgres.current`).
-struct PostgresServerTrait: SuiteTrait, TestScoping {
-    func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
+public struct PostgresServerTrait: SuiteTrait, TestScoping {
+    public func provideScope(for test: Test, testCase: Test.Case?, performing function: @Sendable () async throws -> Void) async throws {
         let server = try await TestPostgres.start()
         do {
             try await TestPostgres.$current.withValue(server) { try await function() }
@@ -123,5 +127,5 @@ struct PostgresServerTrait: SuiteTrait, TestScoping {
 }
 
 extension Trait where Self == PostgresServerTrait {
-    static var postgresServer: Self { Self() }
+    public static var postgresServer: Self { Self() }
 }
