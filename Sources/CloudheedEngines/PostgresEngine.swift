@@ -165,7 +165,12 @@ public struct PostgresEngine: DatabaseEngine {
     public func drop(at location: String) async throws {
         let name = try Self.identifier(location)
         try await admin { connection in
-            try await dropDatabase(name, location: location, on: connection)
+            // The database, and any a restore attempt left (`<name>_r...`): all the role's.
+            var databases = [location]
+            let owned = try await connection.query(
+                "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = \(location))", logger: logger)
+            for try await datname in owned.decode(String.self) where datname != location { databases.append(datname) }
+            for database in databases { try await dropDatabase(try Self.identifier(database), location: database, owner: location, on: connection) }
             try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: logger)
         }
     }
@@ -173,10 +178,10 @@ public struct PostgresEngine: DatabaseEngine {
     /// Ends the owner's sessions, then drops the database. Not `WITH (FORCE)`: that refuses to
     /// end superuser processes such as an autovacuum worker, which a plain DROP stops by itself.
     /// A session that slips in between is ended on the next attempt.
-    func dropDatabase(_ name: String, location: String, on connection: PostgresConnection) async throws {
+    func dropDatabase(_ name: String, location: String, owner: String, on connection: PostgresConnection) async throws {
         for attempt in 1...20 {
             try await connection.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(location) AND usename = \(location)", logger: logger)
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(location) AND usename = \(owner)", logger: logger)
             do {
                 try await connection.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name)"), logger: logger)
                 return
@@ -208,51 +213,75 @@ public struct PostgresEngine: DatabaseEngine {
         return result.closureResult
     }
 
+    /// Restores into a database of this attempt's own (`<name>_r<random>`), renamed to the
+    /// target's name only when pg_restore has committed: an attempt that lost its job lease can
+    /// never damage or drop the database a later attempt finished.
     public func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws {
         let tools = try await checkedTools()
         let name = try Self.identifier(location)
+        let scratchName = location + "_r" + SecureIDGenerator().randomString(count: 8)
+        let scratch = try Self.identifier(scratchName)
         do {
             try await admin { connection in
-                // The role normally exists (made when the restore was requested, to show its
-                // password); an attempt that died may have left a partial database.
+                // The role normally exists: it was made when the restore was requested, to show
+                // its password.
                 let role = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(location)", logger: logger)
                 if try await role.collect().isEmpty {
                     try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(Self.newPassword())'"), logger: logger)
                     try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: logger)
                 }
-                try await dropDatabase(name, location: location, on: connection)
-                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name) OWNER \(name)"), logger: logger)
-                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(name) FROM PUBLIC"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(scratch) OWNER \(name)"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(scratch) FROM PUBLIC"), logger: logger)
             }
             let result = try await run(
                 .path(.init(tools.pgRestore)),
                 arguments: ["--format=custom", "--no-owner", "--no-privileges", "--role=\(location)", "--single-transaction", "--exit-on-error",
-                            "--dbname=\(location)"],
-                environment: .inherit.updating(server.environment(database: location)),
+                            "--dbname=\(scratchName)"],
+                environment: .inherit.updating(server.environment(database: scratchName)),
                 input: .inputWriter, output: .discarded, error: .string(limit: 1 << 20)
             ) { execution in
+                // A repository error (a damaged backup) ends the closure, and pg_restore is
+                // stopped before it could commit a partial dump.
                 do {
                     for try await piece in repository.readStream(object, accountID: accountID) {
                         _ = try await execution.standardInputWriter.write(piece)
                     }
-                } catch let error as RepositoryError {
-                    // pg_restore must not take a partial dump for a whole one.
-                    throw error
+                    try await execution.standardInputWriter.finish()
                 } catch let error as SubprocessError {
                     // pg_restore stopped reading: its exit status and message say why.
                     logger.debug("pg_restore closed its input", metadata: ["error": "\(error)"])
                 }
-                try await execution.standardInputWriter.finish()
             }
             guard result.terminationStatus.isSuccess else {
-                throw Self.toolError("pg_restore", status: result.terminationStatus, stderr: result.standardError, database: location)
+                throw Self.toolError("pg_restore", status: result.terminationStatus, stderr: result.standardError, database: scratchName)
+            }
+            try await admin { connection in
+                do {
+                    try await connection.query(PostgresQuery(unsafeSQL: "ALTER DATABASE \(scratch) RENAME TO \(name)"), logger: logger)
+                } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42P04" {
+                    throw EngineError(code: "restore_superseded", message: "another attempt of this restore finished first")
+                }
             }
         } catch {
-            try? await drop(at: location)
+            try? await abandon(scratchName: scratchName, location: location)
             if let error = error as? SubprocessError {
                 throw EngineError(code: "pg_restore_failed", message: "pg_restore could not be run: \(error)")
             }
             throw error
+        }
+    }
+
+    /// After a failed attempt: drops its own database, and the role unless a database of it is
+    /// still there (another attempt's, finished or running): DROP ROLE refuses then.
+    func abandon(scratchName: String, location: String) async throws {
+        let scratch = try Self.identifier(scratchName), name = try Self.identifier(location)
+        try await admin { connection in
+            try await dropDatabase(scratch, location: scratchName, owner: location, on: connection)
+            do {
+                try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: logger)
+            } catch let error as PSQLError where error.serverInfo?[.sqlState] == "2BP01" {
+                logger.debug("restore role kept: another attempt's database depends on it")
+            }
         }
     }
 

@@ -277,6 +277,38 @@ struct PostgresEngineTests {
         try await f.engine.drop(at: name)
     }
 
+    @Test("A late attempt of a restore (one that lost its job lease) cannot replace or drop the database a finished attempt made")
+    func supersededAttempt() async throws {
+        let f = try await PostgresFixture()
+        defer { f.cleanup() }
+        let source = f.location()
+        let password = try #require(try await f.engine.create(at: source))
+        try await f.postgres.asRole(source, password: password, database: source, richSchema)
+        let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
+        let target = f.location()
+        let targetPassword = try #require(try await f.engine.prepareRestore(at: target))
+        try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target)
+        let restored = try await f.fingerprint(target)
+        await f.expectFailure("restore_superseded") { try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target) }
+        #expect(try await f.exists(target) == (true, true))
+        #expect(try await f.fingerprint(target) == restored)
+        #expect(try await f.postgres.asRole(target, password: targetPassword, database: target, "SELECT count(*) FROM customers") == "2000\n")
+        #expect(try await f.postgres.superuser("SELECT count(*) FROM pg_database WHERE datname LIKE '\(target)_r%'") == "0\n")
+        try await f.engine.drop(at: source)
+        try await f.engine.drop(at: target)
+        #expect(try await f.exists(target) == (false, false))
+    }
+
+    @Test("pg_dump and pg_restore are found in the configured directory, then on PATH, then in the newest /usr/lib/postgresql/*/bin")
+    func locatingTools() async throws {
+        let configured = try #require(await PostgresTools.locate(binDirectory: TestPostgres.bin, path: "/usr/bin"))
+        #expect(configured.pgDump == TestPostgres.bin + "/pg_dump" && configured.majorVersion == 15)
+        let fallback = try #require(await PostgresTools.locate(binDirectory: "/nonexistent", path: "/nonexistent-either"))
+        #expect(fallback.pgDump.hasPrefix("/usr/lib/postgresql/") && fallback.pgRestore.hasSuffix("/pg_restore"))
+        let onPath = try #require(await PostgresTools.locate(binDirectory: nil, path: TestPostgres.bin))
+        #expect(onPath.pgDump == TestPostgres.bin + "/pg_dump")
+    }
+
     @Test("A restore that fails leaves neither database nor role behind")
     func restoreFailureCleansUp() async throws {
         let f = try await PostgresFixture()
