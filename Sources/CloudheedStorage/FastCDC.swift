@@ -23,6 +23,9 @@ public struct FastCDCSplitter {
     let strictMask: UInt64
     let looseMask: UInt64
     var buffer: [UInt8] = []
+    /// Where the unchunked bytes start in `buffer`; the consumed front is dropped only once it is
+    /// the larger part, so appending costs amortized O(1) copies per byte.
+    var start = 0
 
     public init(_ parameters: FastCDCParameters) {
         self.parameters = parameters
@@ -32,30 +35,36 @@ public struct FastCDCSplitter {
         looseMask = ~UInt64(0) << UInt64(64 - max(1, bits - 1))
     }
 
-    /// Feeds bytes; returns the chunks they completed. At most `maximum` bytes stay buffered.
-    public mutating func append(_ bytes: [UInt8]) -> [[UInt8]] {
+    /// Feeds bytes; returns the chunks they completed. With `batch` 0 at most `maximum` bytes stay
+    /// buffered; a larger `batch` lets that many more gather first, so chunks come out several at
+    /// a time (to be hashed in parallel). Boundaries are the same either way: every cut sees at
+    /// least `maximum` bytes.
+    public mutating func append(_ bytes: [UInt8], batch: Int = 0) -> [[UInt8]] {
+        if start > 0, start >= buffer.count - start {
+            buffer.removeFirst(start)
+            start = 0
+        }
         buffer.append(contentsOf: bytes)
+        guard buffer.count - start >= parameters.maximum + batch else { return [] }
         var chunks: [[UInt8]] = []
-        var start = 0
         while buffer.count - start >= parameters.maximum {
             let length = cut(start, buffer.count)
             chunks.append(Array(buffer[start..<(start + length)]))
             start += length
         }
-        if start > 0 { buffer.removeFirst(start) }
         return chunks
     }
 
     /// The remaining chunks at the end of the stream.
     public mutating func finish() -> [[UInt8]] {
         var chunks: [[UInt8]] = []
-        var start = 0
         while start < buffer.count {
             let length = cut(start, buffer.count)
             chunks.append(Array(buffer[start..<(start + length)]))
             start += length
         }
         buffer.removeAll()
+        start = 0
         return chunks
     }
 
@@ -64,20 +73,24 @@ public struct FastCDCSplitter {
         if n <= parameters.minimum { return n }
         if n > parameters.maximum { n = parameters.maximum }
         let normal = min(parameters.average, n)
+        let strictMask = strictMask, looseMask = looseMask
         return buffer.withUnsafeBufferPointer { data in
-            var hash: UInt64 = 0
-            var i = parameters.minimum
-            while i < normal {
-                hash = (hash << 1) &+ gearTable[Int(data[start + i])]
-                if hash & strictMask == 0 { return i + 1 }
-                i += 1
+            gearTable.withUnsafeBufferPointer { gear in
+                let bytes = data.baseAddress! + start
+                var hash: UInt64 = 0
+                var i = parameters.minimum
+                while i < normal {
+                    hash = (hash << 1) &+ gear[Int(bytes[i])]
+                    if hash & strictMask == 0 { return i + 1 }
+                    i += 1
+                }
+                while i < n {
+                    hash = (hash << 1) &+ gear[Int(bytes[i])]
+                    if hash & looseMask == 0 { return i + 1 }
+                    i += 1
+                }
+                return n
             }
-            while i < n {
-                hash = (hash << 1) &+ gearTable[Int(data[start + i])]
-                if hash & looseMask == 0 { return i + 1 }
-                i += 1
-            }
-            return n
         }
     }
 }

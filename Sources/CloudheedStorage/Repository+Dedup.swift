@@ -340,21 +340,30 @@ public struct DedupRepository: BackupRepository {
                 try await write(.stream(entries), to: &writer, keys: keys)
                 entries.removeAll(keepingCapacity: true)
             }
+            /// A batch of chunks: hashed in parallel, looked up in one query, new ones packed.
             func take(_ chunks: [[UInt8]]) async throws {
-                for chunk in chunks {
-                    let id = keys.chunkID(of: chunk)
+                guard !chunks.isEmpty else { return }
+                let chunkIDs = await withTaskGroup(of: (Int, ChunkID).self) { group in
+                    for (i, chunk) in chunks.enumerated() { group.addTask { (i, keys.chunkID(of: chunk)) } }
+                    var out = [ChunkID](repeating: .zero, count: chunks.count)
+                    for await (i, id) in group { out[i] = id }
+                    return out
+                }
+                state.settle()
+                let existing = try await index.existingChunks(accountID: target.accountID, ids: Array(Set(chunkIDs).subtracting(state.pending)))
+                for (chunk, id) in zip(chunks, chunkIDs) {
                     entries.append((chunk.count, id))
                     writer.record.logicalSize += Int64(chunk.count)
-                    state.settle()
-                    if !state.pending.contains(id), try await !index.existingChunks(accountID: target.accountID, ids: [id]).contains(id) {
+                    if !state.pending.contains(id), !existing.contains(id) {
                         try await add(id, chunk[...], to: &state, tasks: &tasks, accountID: target.accountID, keys: keys)
                     }
                     if entries.count == segmentSpan { try await endSegment() }
                 }
             }
+            // About 8 MiB gathers before chunks are cut, so each batch has several to hash at once.
             for try await piece in bytes {
                 try Task.checkCancellation()
-                try await take(splitter.append(piece))
+                try await take(splitter.append(piece, batch: 8 << 20))
             }
             try await take(splitter.finish())
             try await endSegment()
@@ -477,12 +486,13 @@ public struct DedupRepository: BackupRepository {
 
     /// Restores and verification work on windows of this many segments (about a million
     /// pages), so a pack is fetched once per window however its pages are spread.
-    var windowSegments: Int { max(1, (1 << 20) / segmentSpan) }
+    static func windowSegments(span: Int) -> Int { max(1, (1 << 20) / span) }
 
-    /// The page ids of the window of segments starting at segment `n`.
+    /// The page ids of the window of segments starting at segment `n` (the manifest's own span,
+    /// whatever this repository writes).
     func window(_ chain: [ChainLayer], from n: Int, keys: AccountKeys) async throws -> [ChunkID] {
         let top = chain.last!.header
-        let end = min((top.totalCount + segmentSpan - 1) / segmentSpan, n + windowSegments)
+        let end = min(top.segments.count, n + Self.windowSegments(span: top.span))
         var ids: [ChunkID] = []
         for s in n..<end { ids += try await composedSegment(chain, s, keys: keys) }
         return ids
@@ -496,16 +506,16 @@ public struct DedupRepository: BackupRepository {
         let chain = try await loadChain(record, keys: keys)
         let top = chain.last!.header
         let pageSize = top.pageSize
-        guard top.kind != .stream, Int64(top.totalCount * pageSize) == object.sizeBytes, top.span == segmentSpan else {
+        guard top.kind != .stream, Int64(top.totalCount * pageSize) == object.sizeBytes else {
             throw RepositoryError(.corrupt, "the manifest describes \(top.totalCount * pageSize) bytes, the backup \(object.sizeBytes)")
         }
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
         guard fd >= 0 else { throw RepositoryError(.io, "cannot create the restored file: errno \(errno)") }
         defer { close(fd) }
         guard ftruncate(fd, off_t(object.sizeBytes)) == 0 else { throw RepositoryError(.io, "cannot size the restored file: errno \(errno)") }
-        for n in stride(from: 0, to: (top.totalCount + segmentSpan - 1) / segmentSpan, by: windowSegments) {
+        for n in stride(from: 0, to: top.segments.count, by: Self.windowSegments(span: top.span)) {
             let map = try await window(chain, from: n, keys: keys)
-            try await restoreWindow(map, firstPage: n * segmentSpan, pageSize: pageSize, fd: fd, accountID: accountID, keys: keys)
+            try await restoreWindow(map, firstPage: n * top.span, pageSize: pageSize, fd: fd, accountID: accountID, keys: keys)
         }
         guard fsync(fd) == 0 else { throw RepositoryError(.io, "cannot sync the restored file: errno \(errno)") }
     }
@@ -650,7 +660,7 @@ public struct DedupRepository: BackupRepository {
                     try await verifyChunks(Array(Set(items.map(\.id))), accountID: accountID, keys: keys, into: &report)
                 }
             } else {
-                for n in stride(from: 0, to: top.header.segments.count, by: windowSegments) {
+                for n in stride(from: 0, to: top.header.segments.count, by: Self.windowSegments(span: top.header.span)) {
                     try await verifyChunks(Array(Set(try await window(chain, from: n, keys: keys))), accountID: accountID, keys: keys, into: &report)
                 }
             }

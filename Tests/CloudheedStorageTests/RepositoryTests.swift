@@ -249,6 +249,23 @@ struct RepositoryTests {
         }
     }
 
+    @Test("A manifest is read with the segment span it was written with, whatever span the reading repository writes")
+    func spanIsTheManifests() async throws {
+        let f = try await RepositoryFixture(segmentSpan: 3)
+        defer { f.cleanup() }
+        let pages = (0..<10).map { _ in randomBytes(4096) }
+        let object = try await f.storePages(pages)
+        let other = RepositoryFixture.repository(catalog: f.catalog, directory: f.directory, master: f.master, clock: f.clock)
+        #expect(try await f.restorePages(object, repository: other) == pages.flatMap { $0 })
+        #expect(try await other.verify(object, accountID: "acct-a").isSound)
+        // A backup on it by the other repository is written in full, and both read it.
+        var changed = pages
+        changed[2] = randomBytes(4096)
+        let child = try await f.storePages(changed, parent: object, repository: other)
+        #expect(try await f.catalog.layer(id: child.key)?.kind == .pagesFull)
+        #expect(try await f.restorePages(child) == changed.flatMap { $0 })
+    }
+
     @Test("Accounts never share chunks: the same data in two accounts is stored twice, under unrelated ids")
     func accountsIsolated() async throws {
         let f = try await RepositoryFixture()
@@ -555,12 +572,12 @@ struct FastCDCTests {
     @Test("Chunks respect the limits, are deterministic, and an insertion changes only the chunks around it")
     func boundaries() {
         let parameters = FastCDCParameters(minimum: 2048, average: 8192, maximum: 32768)
-        func split(_ bytes: [UInt8], piece: Int) -> [[UInt8]] {
+        func split(_ bytes: [UInt8], piece: Int, batch: Int = 0) -> [[UInt8]] {
             var splitter = FastCDCSplitter(parameters)
             var chunks: [[UInt8]] = []
             var offset = 0
             while offset < bytes.count {
-                chunks += splitter.append(Array(bytes[offset..<Swift.min(offset + piece, bytes.count)]))
+                chunks += splitter.append(Array(bytes[offset..<Swift.min(offset + piece, bytes.count)]), batch: batch)
                 offset += piece
             }
             return chunks + splitter.finish()
@@ -573,6 +590,8 @@ struct FastCDCTests {
         #expect((4096...16384).contains(average), "average \(average)")
         // Feeding in different pieces gives the same chunks.
         #expect(split(data, piece: 777) == chunks)
+        // Gathering a batch before cutting changes when chunks come out, never where they end.
+        #expect(split(data, piece: 5000, batch: 100_000) == chunks)
         // 100 bytes inserted in the middle: the chunks before and most after are unchanged.
         var edited = data
         edited.insert(contentsOf: randomBytes(100), at: data.count / 2)
