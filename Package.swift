@@ -105,6 +105,7 @@ let package = Package(
             name: "cloudheed-bench",
             dependencies: [
                 "CloudheedDomain", "CloudheedStorage", "CloudheedEngines",
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -5,6 +5,7 @@ import CloudheedDomain
 import CloudheedEngines
 import CloudheedStorage
 import Foundation
+import Logging
 
 let arguments = Array(CommandLine.arguments.dropFirst())
 func option(_ name: String) -> String? {
@@ -92,8 +93,32 @@ case "changed-pages":
     }
     try o.close()
     print("{\"pages\": \(total), \"changed\": \(changed)}")
+case "pg-backup":
+    // One backup of PostgreSQL database --database through PostgresEngine (pg_dump streamed
+    // into the repository), on --parent if given.
+    guard let data = option("data"), let url = option("postgres-url"), let database = option("database") else {
+        fail("pg-backup --data DIR --postgres-url URL --database NAME [--parent KEY]")
+    }
+    let (repository, catalog) = try await openRepository(data)
+    let parent = try await option("parent").asyncMap { try await object(catalog, $0) }
+    let engine = PostgresEngine(server: try PostgresServer(url: url), tools: await PostgresTools.locate(binDirectory: option("bin-dir")), logger: Logger(label: "bench"))
+    let start = ContinuousClock.now
+    let stored = try await engine.backup(at: database, into: repository, target: BackupTarget(accountID: "acct-bench", backupID: "backup-bench", parent: parent))
+    print("{\"seconds\": \((ContinuousClock.now - start).seconds), \"key\": \"\(stored.key)\", \"size_bytes\": \(stored.sizeBytes), \"stored_bytes\": \(stored.storedBytes), \"peak_rss\": \(peakRSS())}")
+case "pg-restore":
+    // Restores --key into a new database --database (and its role), as a restore job does.
+    guard let data = option("data"), let url = option("postgres-url"), let key = option("key"), let database = option("database") else {
+        fail("pg-restore --data DIR --postgres-url URL --key KEY --database NAME")
+    }
+    let (repository, catalog) = try await openRepository(data)
+    let stored = try await object(catalog, key)
+    let engine = PostgresEngine(server: try PostgresServer(url: url), tools: await PostgresTools.locate(binDirectory: option("bin-dir")), logger: Logger(label: "bench"))
+    let start = ContinuousClock.now
+    _ = try await engine.prepareRestore(at: database)
+    try await engine.restore(stored, from: repository, accountID: "acct-bench", to: database)
+    print("{\"seconds\": \((ContinuousClock.now - start).seconds), \"peak_rss\": \(peakRSS())}")
 default:
-    fail("usage: cloudheed-bench backup|restore|changed-pages ... (driven by bench/run-sqlite.sh)")
+    fail("usage: cloudheed-bench backup|restore|changed-pages|pg-backup|pg-restore ... (driven by bench/run_sqlite.py, bench/run_postgres.py)")
 }
 
 extension Optional {
