@@ -101,10 +101,23 @@ public struct Components: Sendable {
             catalog: catalog)
     }
 
+    /// `openapi.json`, from this module's resource bundle (next to the executable); nil when the
+    /// binary was copied without it.
+    public static let openAPIDocument: [UInt8]? = Bundle.module.url(forResource: "openapi", withExtension: "json")
+        .flatMap { try? Data(contentsOf: $0) }.map { [UInt8]($0) }
+
     public func buildRouter() -> Router<AppRequestContext> {
         let router = Router(context: AppRequestContext.self)
         router.add(middleware: ErrorMiddleware())
         router.get("healthz") { _, _ in json(.object([("status", .string("ok"))])) }
+        // The contract, without auth: clients and contract tests read it from the service itself.
+        let document = Self.openAPIDocument
+        router.get("v1/openapi.json") { _, _ in
+            guard let document else {
+                throw DomainError(.unavailable, code: "document_unavailable", message: "this binary was installed without its resource bundle (cloudheed_CloudheedHTTP.resources)")
+            }
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: document)))
+        }
 
         let accounts = AccountController(service: service)
         accounts.addAdminRoutes(to: router.group("v1/accounts").add(middleware: AdminAuthMiddleware(admin: admin)))
