@@ -20,12 +20,15 @@ public struct ServeConfiguration: Sendable {
     public var postgres: PostgresServer?
     /// `--postgres-bin-dir`: where pg_dump and pg_restore are, before PATH and /usr/lib/postgresql.
     public var postgresBinDirectory: String?
+    /// `CLOUDHEED_METRICS_TOKEN`: when set, `/metrics` requires it.
+    public var metricsToken: String?
 
     public init(
         dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
         masterKey: MasterKeySource = .dataDirectory, compression: CompressionSetting = .default, postgres: PostgresServer? = nil,
-        postgresBinDirectory: String? = nil
+        postgresBinDirectory: String? = nil, metricsToken: String? = nil
     ) {
+        self.metricsToken = metricsToken
         self.postgres = postgres
         self.postgresBinDirectory = postgresBinDirectory
         self.dataDirectory = dataDirectory
@@ -73,13 +76,16 @@ public struct Components: Sendable {
     public let collector: GarbageCollector
     public let admin: AdminToken
     public let catalog: SQLiteCatalog
+    /// When set, `/metrics` requires it as a Bearer token.
+    let metricsToken: AdminToken?
 
     /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it.
     public static func make(
         dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
-        compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, garbageGrace: TimeInterval = 3600,
+        compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, metricsToken: String? = nil, garbageGrace: TimeInterval = 3600,
         clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
+        _ = MetricsExport.registry  // swift-metrics bootstrapped, once per process
         let root = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let scratch = root + "/tmp"
@@ -98,7 +104,8 @@ public struct Components: Sendable {
             scheduler: Scheduler(service: service, logger: logger),
             collector: GarbageCollector(service: service, logger: logger),
             admin: AdminToken(adminToken),
-            catalog: catalog)
+            catalog: catalog,
+            metricsToken: metricsToken.map(AdminToken.init))
     }
 
     /// `openapi.json`, from this module's resource bundle (next to the executable); nil when the
@@ -108,6 +115,8 @@ public struct Components: Sendable {
 
     public func buildRouter() -> Router<AppRequestContext> {
         let router = Router(context: AppRequestContext.self)
+        // Outermost, so it sees the status the error middleware gives; labelled by route pattern.
+        router.add(middleware: MetricsMiddleware())
         router.add(middleware: ErrorMiddleware())
         router.get("healthz") { _, _ in json(.object([("status", .string("ok"))])) }
         // The contract, without auth: clients and contract tests read it from the service itself.
@@ -118,6 +127,8 @@ public struct Components: Sendable {
             }
             return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: document)))
         }
+
+        MetricsController(service: service, token: metricsToken).addRoutes(to: router)
 
         let accounts = AccountController(service: service)
         accounts.addAdminRoutes(to: router.group("v1/accounts").add(middleware: AdminAuthMiddleware(admin: admin)))
@@ -203,7 +214,8 @@ public func buildApplication(
     }
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
-        compression: configuration.compression, postgres: postgres, clock: clock, ids: ids, logger: logger)
+        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken, clock: clock, ids: ids,
+        logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(

@@ -41,6 +41,9 @@ public struct JobRunner: Sendable {
         jobLogger[metadataKey: "\(job.kind.rawValue).id"] = "\(job.subjectID)"
         let logger = jobLogger
         logger.info("job claimed", metadata: ["job.attempt": "\(job.attempt)"])
+        let metrics = JobMetrics(catalog: catalog)
+        let labels = await metrics.labels(job)
+        if let labels, job.attempt == 1 { metrics.started(job, labels: labels) }
         let started = ContinuousClock.now
 
         let event: Event = await withTaskGroup(of: Event?.self) { group in
@@ -60,6 +63,7 @@ public struct JobRunner: Sendable {
         case .finished(let outcome):
             let finish = try await catalog.finishJob(job, outcome: outcome, at: service.clock.now())
             let elapsed = ContinuousClock.now - started
+            if finish == .applied, let labels { metrics.finished(job, outcome: outcome, labels: labels, elapsed: elapsed) }
             switch (finish, outcome) {
             case (.applied, .failed(let error)):
                 logger.warning("job failed", metadata: ["error.code": "\(error.code)", "error.message": "\(error.message)", "duration": "\(elapsed)"])

@@ -638,6 +638,25 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
+    public func oldestPendingJob() async throws -> Date? {
+        try await pool.read { db in
+            try Int64.fetchOne(db, sql: "SELECT MIN(created_at) FROM jobs WHERE status = 'pending'").map(date)
+        }
+    }
+
+    public func databasesWithoutBackup(since cutoff: Date) async throws -> Int {
+        try await pool.read { db in
+            try Int.fetchOne(
+                db,
+                sql: """
+                    SELECT COUNT(*) FROM databases d
+                    WHERE d.status = 'available' AND d.created_at < ?
+                      AND NOT EXISTS (SELECT 1 FROM backups b WHERE b.database_id = d.id AND b.status = 'completed' AND b.completed_at >= ?)
+                    """,
+                arguments: [ms(cutoff), ms(cutoff)]) ?? 0
+        }
+    }
+
     public func jobCounts() async throws -> (pending: Int, running: Int) {
         try await pool.read { db in
             let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM jobs WHERE status = 'pending'") ?? 0

@@ -125,4 +125,8 @@ public protocol Catalog: Sendable {
     /// Gives a job back (graceful shutdown): pending again, the attempt not counted.
     func releaseJob(_ job: ClaimedJob) async throws
     func jobCounts() async throws -> (pending: Int, running: Int)
+    /// When the longest-waiting pending job was queued (nil: none is pending).
+    func oldestPendingJob() async throws -> Date?
+    /// Available databases created before `cutoff` without a backup completed since.
+    func databasesWithoutBackup(since cutoff: Date) async throws -> Int
 }

@@ -1,6 +1,7 @@
 import CloudheedDomain
 import Crypto
 import Foundation
+import Metrics
 
 /// Repository format v1: deduplicated, compressed, encrypted, verifiable.
 ///
@@ -105,6 +106,7 @@ public struct DedupRepository: BackupRepository {
     /// Buffers a new chunk; a full buffer becomes a pack, sealed and uploaded by a task of its own.
     func add(_ id: ChunkID, _ bytes: ArraySlice<UInt8>, to state: inout StoreState, tasks: inout PackTasks, accountID: String, keys: AccountKeys) async throws {
         state.pending.insert(id)
+        state.newPlainBytes += Int64(bytes.count)
         state.buffer.chunks.append((id, bytes))
         state.buffer.size += bytes.count
         if state.buffer.size >= packSize { try await flush(&state, tasks: &tasks, accountID: accountID, keys: keys) }
@@ -131,6 +133,7 @@ public struct DedupRepository: BackupRepository {
     }
 
     func collect(_ pack: SealedPack, into state: inout StoreState) {
+        state.writtenBytes += Int64(pack.record.storedSize)
         state.inFlight -= 1
         state.unpublished.append(pack)
     }
@@ -145,6 +148,9 @@ public struct DedupRepository: BackupRepository {
         var buffer = PackBuffer()
         var inFlight = 0
         var unpublished: [SealedPack] = []
+        /// Plaintext bytes of the chunks this run stored anew, and their sealed packs' bytes.
+        var newPlainBytes: Int64 = 0
+        var writtenBytes: Int64 = 0
 
         /// Before an index lookup: what was published is now the index's to answer for.
         mutating func settle() {
@@ -172,7 +178,7 @@ public struct DedupRepository: BackupRepository {
 
     /// Makes the segments durable, stores the header that authenticates them, and completes the
     /// layer in the index.
-    func finish(_ writer: LayerWriter, kind: ManifestHeader.Kind, keys: AccountKeys) async throws -> StoredObject {
+    func finish(_ writer: LayerWriter, kind: ManifestHeader.Kind, state: StoreState, keys: AccountKeys) async throws -> StoredObject {
         var record = writer.record
         let header = ManifestHeader(
             kind: kind, pageSize: record.pageSize, totalCount: record.entryCount, logicalSize: record.logicalSize, span: segmentSpan,
@@ -183,6 +189,11 @@ public struct DedupRepository: BackupRepository {
         record.objectChecksum = Array(SHA256.hash(data: sealed)).hex
         record.segments = writer.segments.count
         try await index.finishLayer(record)
+        // Created here, not held: a metrics system bootstrapped after this type was first used
+        // still gets them.
+        Counter(label: "cloudheed_backup_bytes_read_total").increment(by: record.logicalSize)
+        Counter(label: "cloudheed_backup_bytes_written_total").increment(by: state.writtenBytes)
+        Counter(label: "cloudheed_backup_bytes_deduplicated_total").increment(by: max(0, record.logicalSize - state.newPlainBytes))
         return StoredObject(key: record.id, sizeBytes: record.logicalSize, checksum: record.objectChecksum, storedBytes: record.storedBytes)
     }
 
@@ -274,7 +285,7 @@ public struct DedupRepository: BackupRepository {
                 }
             }
         }
-        return try await finish(writer, kind: delta ? .delta : .pages, keys: keys)
+        return try await finish(writer, kind: delta ? .delta : .pages, state: state, keys: keys)
     }
 
     /// HMAC of every page of a batch, spread over the cores.
@@ -368,7 +379,7 @@ public struct DedupRepository: BackupRepository {
             try await take(splitter.finish())
             try await endSegment()
         }
-        return try await finish(writer, kind: .stream, keys: keys)
+        return try await finish(writer, kind: .stream, state: state, keys: keys)
     }
 
     // MARK: Reading manifests

@@ -102,7 +102,8 @@ struct Serve: AsyncParsableCommand {
             settings: settings,
             adminToken: config.string(forKey: "cloudheed.admin.token", isSecret: true),
             masterKey: masterKey, compression: compression, postgres: postgres,
-            postgresBinDirectory: config.string(forKey: "cloudheed.postgres.bin.dir"))
+            postgresBinDirectory: config.string(forKey: "cloudheed.postgres.bin.dir"),
+            metricsToken: config.string(forKey: "cloudheed.metrics.token", isSecret: true))
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

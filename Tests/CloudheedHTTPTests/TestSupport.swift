@@ -18,7 +18,7 @@ struct TestService: Sendable {
     let components: Components
     static let adminToken = "test-admin-token"
 
-    init(quotaBytes: Int64 = 10 * 1024 * 1024 * 1024, start: Date = Date(timeIntervalSince1970: 1_773_716_400), postgres: PostgresEngine? = nil) throws {
+    init(quotaBytes: Int64 = 10 * 1024 * 1024 * 1024, start: Date = Date(timeIntervalSince1970: 1_773_716_400), postgres: PostgresEngine? = nil, metricsToken: String? = nil) throws {
         directory = NSTemporaryDirectory() + "cloudheed-http-\(UUID().uuidString)"
         clock = ManualWallClock(start)
         var logger = Logger(label: "test")
@@ -26,7 +26,7 @@ struct TestService: Sendable {
         // No grace period: tests run garbage collection when they want to see its effect.
         components = try Components.make(
             dataDirectory: directory, settings: RuntimeSettings(workers: 1, defaultQuotaBytes: quotaBytes),
-            adminToken: Self.adminToken, masterKey: MasterKey.generate().0, postgres: postgres, garbageGrace: 0, clock: clock,
+            adminToken: Self.adminToken, masterKey: MasterKey.generate().0, postgres: postgres, metricsToken: metricsToken, garbageGrace: 0, clock: clock,
             ids: SeededIDGenerator(seed: UInt64.random(in: 0...UInt64.max)), logger: logger)
     }
 
@@ -66,7 +66,8 @@ struct API: Sendable {
         if body != nil { headers[.contentType] = "application/json" }
         return try await client.execute(uri: uri, method: method, headers: headers, body: body.map { ByteBuffer(string: $0) }) { response in
             let bytes = Array(response.body.readableBytesView)
-            return APIResponse(status: response.status, headers: response.headers, json: bytes.isEmpty ? nil : try JSONValue.parse(bytes))
+            let isJSON = response.headers[.contentType]?.contains("json") ?? true
+            return APIResponse(status: response.status, headers: response.headers, json: bytes.isEmpty || !isJSON ? nil : try JSONValue.parse(bytes))
         }
     }
 

@@ -1,0 +1,45 @@
+import CloudheedDomain
+import CloudheedStorage
+import Foundation
+import Metrics
+
+/// What the job runner reports through swift-metrics (exported as Prometheus at `/metrics`).
+/// Labels are kinds (type, engine, tier), never an account, database or backup id.
+struct JobMetrics: Sendable {
+    let catalog: any Catalog
+
+    /// The labels of a job's subject, read from the catalog; nil when it is gone.
+    func labels(_ job: ClaimedJob) async -> [(String, String)]? {
+        switch job.kind {
+        case .backup, .verify:
+            guard let backup = try? await catalog.backup(id: job.subjectID) else { return nil }
+            let tier = (try? await catalog.database(id: backup.databaseID))?.tier.rawValue ?? "unknown"
+            return [("type", backup.type.rawValue), ("engine", backup.engine.rawValue), ("tier", tier)]
+        case .restore:
+            guard let restore = try? await catalog.restore(id: job.subjectID),
+                  let target = try? await catalog.database(id: restore.targetDatabaseID) else { return nil }
+            return [("engine", target.engine.rawValue), ("tier", target.tier.rawValue)]
+        }
+    }
+
+    func started(_ job: ClaimedJob, labels: [(String, String)]) {
+        Counter(label: "cloudheed_\(job.kind.rawValue)s_started_total", dimensions: labels).increment()
+    }
+
+    /// An outcome the catalog applied (a discarded late attempt is not counted).
+    func finished(_ job: ClaimedJob, outcome: JobOutcome, labels: [(String, String)], elapsed: Duration) {
+        let result: String
+        switch outcome {
+        case .failed(let error):
+            result = "failed"
+            Counter(label: "cloudheed_\(job.kind.rawValue)s_failed_total", dimensions: labels + [("code", error.code)]).increment()
+        default:
+            result = "completed"
+            Counter(label: "cloudheed_\(job.kind.rawValue)s_completed_total", dimensions: labels).increment()
+        }
+        if job.kind != .verify {
+            Metrics.Timer(label: "cloudheed_\(job.kind.rawValue)_duration_seconds", dimensions: labels + [("result", result)])
+                .recordNanoseconds(elapsed.components.seconds * 1_000_000_000 + elapsed.components.attoseconds / 1_000_000_000)
+        }
+    }
+}
