@@ -22,8 +22,11 @@ struct JobMetrics: Sendable {
         }
     }
 
+    /// `backups`, `restores`, `verifications`.
+    static func noun(_ kind: JobKind) -> String { kind == .verify ? "verifications" : "\(kind.rawValue)s" }
+
     func started(_ job: ClaimedJob, labels: [(String, String)]) {
-        Counter(label: "cloudheed_\(job.kind.rawValue)s_started_total", dimensions: labels).increment()
+        Counter(label: "cloudheed_\(Self.noun(job.kind))_started_total", dimensions: labels).increment()
     }
 
     /// An outcome the catalog applied (a discarded late attempt is not counted).
@@ -32,10 +35,10 @@ struct JobMetrics: Sendable {
         switch outcome {
         case .failed(let error):
             result = "failed"
-            Counter(label: "cloudheed_\(job.kind.rawValue)s_failed_total", dimensions: labels + [("code", error.code)]).increment()
+            Counter(label: "cloudheed_\(Self.noun(job.kind))_failed_total", dimensions: labels + [("code", error.code)]).increment()
         default:
             result = "completed"
-            Counter(label: "cloudheed_\(job.kind.rawValue)s_completed_total", dimensions: labels).increment()
+            Counter(label: "cloudheed_\(Self.noun(job.kind))_completed_total", dimensions: labels).increment()
         }
         if job.kind != .verify {
             Metrics.Timer(label: "cloudheed_\(job.kind.rawValue)_duration_seconds", dimensions: labels + [("result", result)])
