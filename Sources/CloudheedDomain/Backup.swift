@@ -77,6 +77,8 @@ public struct Backup: Sendable, Equatable {
     public var error: ErrorInfo?
     public var integrity: BackupIntegrity
     public var verifiedAt: Date?
+    /// While in progress: what the worker last reported.
+    public var progress: JobProgress?
 
     public init(
         id: String, accountID: String, databaseID: String, name: String, type: BackupType, status: BackupStatus,
@@ -130,6 +132,19 @@ public enum BackupName {
     public static func automatic(day: String) -> String { "automatic-\(day)" }
 }
 
+/// How far a running backup or restore is: bytes read or written so far, of how many (nil when
+/// the engine cannot know, as for a PostgreSQL dump), since when.
+public struct JobProgress: Sendable, Equatable {
+    public var bytesDone: Int64
+    public var bytesTotal: Int64?
+    public var startedAt: Date
+    public init(bytesDone: Int64, bytesTotal: Int64?, startedAt: Date) {
+        self.bytesDone = bytesDone
+        self.bytesTotal = bytesTotal
+        self.startedAt = startedAt
+    }
+}
+
 public enum RestoreStatus: String, CaseIterable, Codable, Sendable {
     case pending, inProgress = "in_progress", completed, failed
 }
@@ -144,6 +159,8 @@ public struct Restore: Sendable, Equatable {
     public var createdAt: Date
     public var completedAt: Date?
     public var error: ErrorInfo?
+    /// While in progress: what the worker last reported.
+    public var progress: JobProgress?
 
     public init(
         id: String, accountID: String, backupID: String, sourceDatabaseID: String, targetDatabaseID: String,

@@ -46,6 +46,7 @@ enum Representation {
             ("expires_at", .optional(b.expiresAt)),
             ("integrity", .string(b.integrity.rawValue)),
             ("verified_at", .optional(b.verifiedAt)),
+            ("progress", progress(b.progress)),
             ("error", error(b.error)),
         ])
     }
@@ -59,8 +60,15 @@ enum Representation {
             ("target_database_id", .string(r.targetDatabaseID)),
             ("created_at", .date(r.createdAt)),
             ("completed_at", .optional(r.completedAt)),
+            ("progress", progress(r.progress)),
             ("error", error(r.error)),
         ])
+    }
+
+    /// `{"bytes_done", "bytes_total", "started_at"}` while running, else null.
+    static func progress(_ p: JobProgress?) -> JSONValue {
+        guard let p else { return .null }
+        return .object([("bytes_done", .int(p.bytesDone)), ("bytes_total", .optional(p.bytesTotal)), ("started_at", .date(p.startedAt))])
     }
 
     static func error(_ e: ErrorInfo?) -> JSONValue {

@@ -46,9 +46,11 @@ public struct JobRunner: Sendable {
         if let labels, job.attempt == 1 { metrics.started(job, labels: labels) }
         let started = ContinuousClock.now
 
+        let meter = ProgressMeter()
         let event: Event = await withTaskGroup(of: Event?.self) { group in
-            group.addTask { .finished(await self.execute(job, logger: logger)) }
+            group.addTask { .finished(await ProgressMeter.$current.withValue(meter) { await self.execute(job, logger: logger) }) }
             group.addTask { await self.heartbeat(job, logger: logger) }
+            group.addTask { await self.reportProgress(job, meter: meter, logger: logger) }
             group.addTask {
                 do { try await gracefulShutdown() } catch { return nil }
                 return .shutdown
@@ -80,6 +82,26 @@ public struct JobRunner: Sendable {
             logger.info("job handed back for the next start")
         }
         return true
+    }
+
+    /// Records the job's progress on its backup or restore at once and then every second while
+    /// it changes; nil when cancelled (the job ended).
+    func reportProgress(_ job: ClaimedJob, meter: ProgressMeter, logger: Logger) async -> Event? {
+        guard job.kind != .verify else { return nil }
+        var last: (Int64, Int64?)?
+        while !Task.isCancelled {
+            let now = meter.snapshot
+            if last == nil || last! != now {
+                do {
+                    try await catalog.recordProgress(job, done: now.done, total: now.total, at: service.clock.now())
+                    last = now
+                } catch {
+                    logger.debug("progress not recorded", metadata: ["error": "\(error)"])
+                }
+            }
+            do { try await Task.sleep(for: .seconds(1)) } catch { return nil }
+        }
+        return nil
     }
 
     /// Renews the lease every third of its duration; returns `.leaseLost` when the catalog says

@@ -120,6 +120,14 @@ public final class SQLiteCatalog: Catalog {
         migrator.registerMigration("v4-manifest-segments") { db in
             try db.execute(sql: "ALTER TABLE layers ADD COLUMN segments INTEGER NOT NULL DEFAULT 0")
         }
+        // What a running job last reported (`progress` in the API).
+        migrator.registerMigration("v5-progress") { db in
+            for table in ["backups", "restores"] {
+                try db.execute(sql: "ALTER TABLE \(table) ADD COLUMN progress_done INTEGER")
+                try db.execute(sql: "ALTER TABLE \(table) ADD COLUMN progress_total INTEGER")
+                try db.execute(sql: "ALTER TABLE \(table) ADD COLUMN progress_started_at INTEGER")
+            }
+        }
         return migrator
     }
 
@@ -638,6 +646,24 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
+    public func recordProgress(_ job: ClaimedJob, done: Int64, total: Int64?, at: Date) async throws {
+        let table: String
+        switch job.kind {
+        case .backup: table = "backups"
+        case .restore: table = "restores"
+        case .verify: return
+        }
+        try await pool.write { db in
+            try db.execute(
+                sql: """
+                    UPDATE \(table) SET progress_done = ?, progress_total = ?, progress_started_at = COALESCE(progress_started_at, ?)
+                    WHERE id = ? AND status = 'in_progress'
+                      AND EXISTS (SELECT 1 FROM jobs WHERE id = ? AND lease_token = ? AND status = 'running')
+                    """,
+                arguments: [done, total, ms(at), job.subjectID, job.id, job.leaseToken])
+        }
+    }
+
     public func oldestPendingJob() async throws -> Date? {
         try await pool.read { db in
             try Int64.fetchOne(db, sql: "SELECT MIN(created_at) FROM jobs WHERE status = 'pending'").map(date)
@@ -685,12 +711,19 @@ public final class SQLiteCatalog: Catalog {
             nextBackupAt: date(row["next_backup_at"]), error: errorInfo(row))
     }
 
+    /// The progress columns of an in-progress backup or restore (started: the backup's start).
+    static func progress(_ row: Row, status: String, started: Date?) -> JobProgress? {
+        guard status == "in_progress" else { return nil }
+        let startedAt = (row["progress_started_at"] as Int64?).map(date) ?? started ?? date(row["created_at"])
+        return JobProgress(bytesDone: row["progress_done"] ?? 0, bytesTotal: row["progress_total"], startedAt: startedAt)
+    }
+
     static func backup(_ row: Row) -> Backup {
         var object: StoredObject?
         if let key: String = row["object_key"], let size: Int64 = row["size_bytes"], let checksum: String = row["checksum"] {
             object = StoredObject(key: key, sizeBytes: size, checksum: checksum, storedBytes: row["stored_bytes"] ?? 0)
         }
-        return Backup(
+        var backup = Backup(
             id: row["id"], accountID: row["account_id"], databaseID: row["database_id"], name: row["name"],
             type: BackupType(rawValue: row["type"])!, status: BackupStatus(rawValue: row["status"])!,
             engine: EngineKind(rawValue: row["engine"]) ?? .sqlite, createdAt: date(row["created_at"]),
@@ -698,14 +731,18 @@ public final class SQLiteCatalog: Catalog {
             expiresAt: (row["expires_at"] as Int64?).map(date), scheduledDay: row["scheduled_day"], object: object,
             error: errorInfo(row), integrity: BackupIntegrity(rawValue: row["integrity"]) ?? .unverified,
             verifiedAt: (row["verified_at"] as Int64?).map(date))
+        backup.progress = progress(row, status: row["status"], started: backup.startedAt)
+        return backup
     }
 
     static func restore(_ row: Row) -> Restore {
-        Restore(
+        var restore = Restore(
             id: row["id"], accountID: row["account_id"], backupID: row["backup_id"],
             sourceDatabaseID: row["source_database_id"], targetDatabaseID: row["target_database_id"],
             status: RestoreStatus(rawValue: row["status"])!, createdAt: date(row["created_at"]),
             completedAt: (row["completed_at"] as Int64?).map(date), error: errorInfo(row))
+        restore.progress = progress(row, status: row["status"], started: nil)
+        return restore
     }
 }
 

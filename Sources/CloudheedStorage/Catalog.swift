@@ -125,6 +125,9 @@ public protocol Catalog: Sendable {
     /// Gives a job back (graceful shutdown): pending again, the attempt not counted.
     func releaseJob(_ job: ClaimedJob) async throws
     func jobCounts() async throws -> (pending: Int, running: Int)
+    /// A running job's progress, recorded on its backup or restore while `job` still holds the
+    /// lease (a worker that lost it writes nothing).
+    func recordProgress(_ job: ClaimedJob, done: Int64, total: Int64?, at: Date) async throws
     /// When the longest-waiting pending job was queued (nil: none is pending).
     func oldestPendingJob() async throws -> Date?
     /// Available databases created before `cutoff` without a backup completed since.

@@ -220,6 +220,8 @@ public struct DedupRepository: BackupRepository {
         let fileSize = Int((try FileManager.default.attributesOfItem(atPath: path)[.size] as? NSNumber)?.int64Value ?? 0)
         guard fileSize % pageSize == 0 else { throw RepositoryError(.corrupt, "snapshot size \(fileSize) is not a multiple of the page size \(pageSize)") }
         let pageCount = fileSize / pageSize
+        let meter = ProgressMeter.current
+        meter?.reset(total: Int64(fileSize))
 
         var chain: [ChainLayer] = []
         if useParent, let parent = target.parent, let layer = try await index.layer(id: parent.key),
@@ -256,6 +258,7 @@ public struct DedupRepository: BackupRepository {
                         throw RepositoryError(.io, "the snapshot changed size while it was read")
                     }
                     let bytes = [UInt8](data)
+                    meter?.add(bytes.count)
                     let batchIDs = await hashPages(bytes, count: wanted, pageSize: pageSize, keys: keys)
                     var candidates: [(offset: Int, id: ChunkID)] = []
                     state.settle()
@@ -339,6 +342,8 @@ public struct DedupRepository: BackupRepository {
         try await index.openLayer(writer.record)
         var entries: [(length: Int, id: ChunkID)] = []
         var state = StoreState()
+        let meter = ProgressMeter.current
+        meter?.reset(total: nil)
 
         try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
             /// A full segment: its chunks indexed, referenced, counted once each, and written.
@@ -374,6 +379,7 @@ public struct DedupRepository: BackupRepository {
             // About 8 MiB gathers before chunks are cut, so each batch has several to hash at once.
             for try await piece in bytes {
                 try Task.checkCancellation()
+                meter?.add(piece.count)
                 try await take(splitter.append(piece, batch: 8 << 20))
             }
             try await take(splitter.finish())
@@ -524,6 +530,7 @@ public struct DedupRepository: BackupRepository {
         guard fd >= 0 else { throw RepositoryError(.io, "cannot create the restored file: errno \(errno)") }
         defer { close(fd) }
         guard ftruncate(fd, off_t(object.sizeBytes)) == 0 else { throw RepositoryError(.io, "cannot size the restored file: errno \(errno)") }
+        ProgressMeter.current?.reset(total: object.sizeBytes)
         for n in stride(from: 0, to: top.segments.count, by: Self.windowSegments(span: top.span)) {
             let map = try await window(chain, from: n, keys: keys)
             try await restoreWindow(map, firstPage: n * top.span, pageSize: pageSize, fd: fd, accountID: accountID, keys: keys)
@@ -537,6 +544,7 @@ public struct DedupRepository: BackupRepository {
         // structure over all distinct chunks is ever held; then sorted by pack so each pack is
         // fetched and opened once.
         struct PageSource { var pack: Int32; var offset: Int32; var length: Int32; var page: Int32 }
+        let meter = ProgressMeter.current
         var packIDs: [String] = []
         var packNumbers: [String: Int32] = [:]
         var sources: [PageSource] = []
@@ -571,6 +579,7 @@ public struct DedupRepository: BackupRepository {
                 if running >= concurrency { try await group.next(); running -= 1 }
                 running += 1
                 group.addTask {
+                    defer { meter?.add(pages.count * pageSize) }
                     let plaintext = try await openPack(packID, keys: keys)
                     var checkedOffset: Int32 = -1
                     for source in pages {
@@ -593,7 +602,7 @@ public struct DedupRepository: BackupRepository {
     }
 
     public func readStream(_ object: StoredObject, accountID: String) -> AsyncThrowingStream<[UInt8], any Error> {
-        let reader = StreamReader(repository: self, object: object, accountID: accountID)
+        let reader = StreamReader(repository: self, object: object, accountID: accountID, meter: ProgressMeter.current)
         return AsyncThrowingStream { try await reader.next() }
     }
 
@@ -610,11 +619,14 @@ public struct DedupRepository: BackupRepository {
         var position = 0
         var openPackID: String?
         var openPack: [UInt8] = []
+        let meter: ProgressMeter?
 
-        init(repository: DedupRepository, object: StoredObject, accountID: String) {
+        init(repository: DedupRepository, object: StoredObject, accountID: String, meter: ProgressMeter?) {
             self.repository = repository
             self.object = object
             self.accountID = accountID
+            self.meter = meter
+            meter?.reset(total: object.sizeBytes)
         }
 
         func next() async throws -> [UInt8]? {
@@ -645,6 +657,7 @@ public struct DedupRepository: BackupRepository {
             }
             let slice = try repository.extract(location, from: openPack, keys: keys)
             guard slice.count == entry.length else { throw RepositoryError(.corrupt, "chunk \(entry.id) has the wrong length") }
+            meter?.add(slice.count)
             return Array(slice)
         }
     }

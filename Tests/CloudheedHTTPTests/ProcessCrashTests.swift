@@ -150,3 +150,50 @@ struct ProcessCrashTests {
         #expect(verified.output.contains("0 corrupt"))
     }
 }
+
+@Suite("Progress of a running job, on the real process")
+struct LiveProgressTests {
+    @Test("A running backup shows bytes done of bytes total, growing, and no progress once completed")
+    func backupProgress() async throws {
+        let binary = try cloudheedBinary()
+        let directory = NSTemporaryDirectory() + "cloudheed-progress-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let port = try freeLoopbackPort()
+        let api = LiveAPI(base: "http://127.0.0.1:\(port)")
+        let admin = "progress-test-admin-token"
+        _ = try await Subprocess.run(
+            .path(FilePath(binary)), arguments: ["serve", "--data-dir", directory, "--port", "\(port)", "--workers", "1", "--log-level", "error"],
+            environment: .inherit.updating(["CLOUDHEED_ADMIN_TOKEN": admin]), input: .none, output: .discarded, error: .discarded
+        ) { execution in
+            defer { try? execution.send(signal: .terminate) }
+            try await api.waitUntilHealthy()
+            let (_, account) = try await api.call(.POST, "/v1/accounts", token: admin, body: #"{"name":"progress"}"#)
+            let token = try #require(account?["token"]?.stringValue)
+            let (_, database) = try await api.call(.POST, "/v1/databases", token: token, body: #"{"name":"big","tier":"small"}"#)
+            let id = try #require(database?["id"]?.stringValue)
+            let path = try filePath(ofURI: database?["connection"]?["uri"]?.stringValue)
+            let queue = try DatabaseQueue(path: path)
+            try await queue.write { db in
+                try db.execute(sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+                try db.execute(sql: "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 48000) INSERT INTO items SELECT i, randomblob(4000) FROM s")
+            }
+            try queue.close()
+            let (_, created) = try await api.call(.POST, "/v1/databases/\(id)/backups", token: token)
+            let backup = try #require(created?["id"]?.stringValue)
+            #expect(created?["progress"] == .null)
+            // Seen while running: some bytes done, of the snapshot's size.
+            let running = try await api.poll("/v1/databases/\(id)/backups/\(backup)", token: token) {
+                $0["status"]?.stringValue != "in_progress" || ($0["progress"]?["bytes_done"]?.intValue ?? 0) > 0
+            }
+            #expect(running["status"]?.stringValue == "in_progress", "the backup ended before any progress was seen: \(running)")
+            let done = try #require(running["progress"]?["bytes_done"]?.intValue)
+            let total = try #require(running["progress"]?["bytes_total"]?.intValue)
+            #expect(done > 0 && done <= total)
+            #expect(total >= 48000 * 4000)
+            #expect(running["progress"]?["started_at"]?.stringValue != nil)
+            let finished = try await api.poll("/v1/databases/\(id)/backups/\(backup)", token: token) { $0["status"]?.stringValue == "completed" }
+            #expect(finished["progress"] == .null)
+            #expect(finished["size_bytes"]?.intValue == total)
+        }
+    }
+}

@@ -125,3 +125,33 @@ struct RestoreRoutesTests {
         }
     }
 }
+
+@Suite("Restore progress")
+struct RestoreProgressTests {
+    @Test("A running restore shows what its worker last recorded; a worker that lost the lease records nothing")
+    func restoreProgress() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let database = try await api.database(token)
+            let id = try #require(database["id"]?.stringValue)
+            try writeRows(path: try filePath(ofURI: database["connection"]?["uri"]?.stringValue), values: ["a", "b"])
+            let backup = try await api.completedBackup(token, database: id)
+            let requested = try await api.call(.post, "/v1/databases/\(id)/backups/\(backup["id"]!.stringValue!)/restore", token: token)
+            let restoreID = try #require(requested["restore"]?["id"]?.stringValue)
+            #expect(requested["restore"]?["progress"] == .null)
+            let catalog = service.components.catalog
+            let job = try #require(try await catalog.claimJob(leaseToken: "worker-1", now: service.clock.now(), leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(job.kind == .restore)
+            try await catalog.recordProgress(job, done: 1234, total: 5678, at: service.clock.now())
+            var stale = job
+            stale.leaseToken = "worker-0"
+            try await catalog.recordProgress(stale, done: 9999, total: 9999, at: service.clock.now())
+            let shown = try await api.call(.get, "/v1/restores/\(restoreID)", token: token)
+            #expect(shown["restore"]?["status"]?.stringValue == "in_progress")
+            #expect(shown["restore"]?["progress"]?["bytes_done"]?.intValue == 1234)
+            #expect(shown["restore"]?["progress"]?["bytes_total"]?.intValue == 5678)
+            #expect(shown["restore"]?["progress"]?["started_at"]?.stringValue != nil)
+        }
+    }
+}

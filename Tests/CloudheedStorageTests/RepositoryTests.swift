@@ -266,6 +266,26 @@ struct RepositoryTests {
         #expect(try await f.restorePages(child) == changed.flatMap { $0 })
     }
 
+    @Test("Stores, restores and stream reads count their bytes on the job's progress meter")
+    func progressMeter() async throws {
+        let f = try await RepositoryFixture(segmentSpan: 4)
+        defer { f.cleanup() }
+        let pages = (0..<10).map { _ in randomBytes(4096) }
+        let storing = ProgressMeter()
+        let object = try await ProgressMeter.$current.withValue(storing) { try await f.storePages(pages) }
+        #expect(storing.snapshot.done == 40960 && storing.snapshot.total == 40960)
+        let restoring = ProgressMeter()
+        _ = try await ProgressMeter.$current.withValue(restoring) { try await f.restorePages(object) }
+        #expect(restoring.snapshot.done == 40960 && restoring.snapshot.total == 40960)
+        let bytes = randomBytes(100_000)
+        let streaming = ProgressMeter()
+        let stream = try await ProgressMeter.$current.withValue(streaming) { try await f.storeStream(bytes) }
+        #expect(streaming.snapshot.done == 100_000 && streaming.snapshot.total == nil)
+        let reading = ProgressMeter()
+        #expect(try await ProgressMeter.$current.withValue(reading) { try await f.readStream(stream) } == bytes)
+        #expect(reading.snapshot.done == 100_000 && reading.snapshot.total == 100_000)
+    }
+
     @Test("Accounts never share chunks: the same data in two accounts is stored twice, under unrelated ids")
     func accountsIsolated() async throws {
         let f = try await RepositoryFixture()
