@@ -8,6 +8,8 @@ into bench/RESULTS.md.
 """
 import argparse, json, os, shutil, socket, subprocess, sys, tempfile, time
 
+from benchlib import du, run
+
 BIN = "/usr/lib/postgresql/15/bin"
 ROOT = os.getuid() == 0
 
@@ -16,29 +18,11 @@ def as_postgres(cmd):
     return (["runuser", "-u", "postgres", "--"] if ROOT else []) + cmd
 
 
-def run(cmd, env=None, check=True):
-    """Runs cmd; returns (seconds, stdout, peak RSS bytes of that child)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        out.seek(0); err.seek(0)
-        stdout = out.read().decode()
-        if check and status != 0:
-            sys.exit(f"{' '.join(cmd)} failed: {err.read().decode()}")
-        return seconds, stdout, usage.ru_maxrss * 1024
-
-
 def shell(script):
     """Times a shell pipeline (run as postgres)."""
     start = time.perf_counter()
     subprocess.run(as_postgres(["bash", "-o", "pipefail", "-c", script]), check=True)
     return time.perf_counter() - start
-
-
-def du(path):
-    return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
 def mb(n): return f"{n / 1e6:,.1f} MB"

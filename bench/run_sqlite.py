@@ -6,25 +6,8 @@ measured side by side in one run. Prints a Markdown report; copy it into bench/R
 """
 import argparse, json, os, platform, shutil, subprocess, sys, tempfile, time
 
-def run(cmd, env=None):
-    """Runs cmd; returns (seconds, stdout, peak RSS bytes of that child)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        child = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
-        seconds = time.perf_counter() - start
-        out.seek(0); err.seek(0)
-        stdout = out.read().decode()
-        if status != 0:
-            sys.exit(f"{' '.join(cmd)} failed: {err.read().decode()}")
-        return seconds, stdout, usage.ru_maxrss * 1024
+from benchlib import du, run
 
-def du(path):
-    total = 0
-    for root, _, files in os.walk(path):
-        for name in files:
-            total += os.path.getsize(os.path.join(root, name))
-    return total
 
 def mib(n): return f"{n / 1048576:,.1f} MiB"
 

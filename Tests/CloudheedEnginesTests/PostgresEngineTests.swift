@@ -68,6 +68,23 @@ struct PostgresFixture {
 
     func cleanup() { try? FileManager.default.removeItem(atPath: directory) }
 
+    /// A new database of the engine's: pgbench data at `scale` and then `sql`, run as its owner.
+    func database(pgbenchScale scale: Int? = nil, sql: String? = nil) async throws -> (name: String, password: String) {
+        let name = location()
+        let password = try #require(try await engine.create(at: name))
+        if let scale { try await pgbench(["-i", "-s", "\(scale)", "-q"], role: name, password: password, database: name) }
+        if let sql { try await postgres.asRole(name, password: password, database: name, sql) }
+        return (name, password)
+    }
+
+    /// Restores `object` into a new database, its role made first as the API does.
+    func restore(_ object: StoredObject) async throws -> (name: String, password: String) {
+        let name = location()
+        let password = try #require(try await engine.prepareRestore(at: name))
+        try await engine.restore(object, from: repository, accountID: "acct-engine", to: name)
+        return (name, password)
+    }
+
     /// What must be equal between a database and its restored copy.
     func fingerprint(_ database: String) async throws -> [String] {
         var parts: [String] = []
@@ -142,17 +159,12 @@ struct PostgresEngineTests {
     func roundTrip() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let source = f.location()
-        let password = try #require(try await f.engine.create(at: source))
-        try await f.pgbench(["-i", "-s", "2", "-q"], role: source, password: password, database: source)
-        try await f.postgres.asRole(source, password: password, database: source, richSchema)
+        let (source, _) = try await f.database(pgbenchScale: 2, sql: richSchema)
         let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
         #expect(object.sizeBytes > 0)
         #expect(try await f.repository.verify(object, accountID: "acct-engine").isSound)
 
-        let target = f.location()
-        let targetPassword = try #require(try await f.engine.prepareRestore(at: target))
-        try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target)
+        let (target, targetPassword) = try await f.restore(object)
         let expected = try await f.fingerprint(source)
         let actual = try await f.fingerprint(target)
         #expect(expected.count == actual.count)
@@ -172,17 +184,13 @@ struct PostgresEngineTests {
     func consistentUnderWrites() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let source = f.location()
-        let password = try #require(try await f.engine.create(at: source))
-        try await f.pgbench(["-i", "-s", "5", "-q"], role: source, password: password, database: source)
+        let (source, password) = try await f.database(pgbenchScale: 5)
         let writer = Task { try await f.pgbench(["-n", "-T", "8", "-c", "2"], role: source, password: password, database: source) }
         try await Task.sleep(for: .seconds(1))
         let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
         try await writer.value
 
-        let target = f.location()
-        _ = try await f.engine.prepareRestore(at: target)
-        try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target)
+        let (target, _) = try await f.restore(object)
         // Every pgbench transaction moves the same delta through all four tables at once.
         let sums = try await f.postgres.superuser(
             """
@@ -204,9 +212,7 @@ struct PostgresEngineTests {
     func backupFailures() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let name = f.location()
-        let password = try #require(try await f.engine.create(at: name))
-        try await f.pgbench(["-i", "-s", "20", "-q"], role: name, password: password, database: name)
+        let (name, _) = try await f.database(pgbenchScale: 20)
 
         var closed = f.postgres.server
         closed.port = try TestPostgres.freePort()
@@ -245,11 +251,9 @@ struct PostgresEngineTests {
     func storageFull() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let name = f.location()
-        let password = try #require(try await f.engine.create(at: name))
         // 24 MiB that no compressor shrinks.
-        try await f.postgres.asRole(name, password: password, database: name,
-                                    "CREATE TABLE noise AS SELECT i, decode(string_agg(md5(random()::text), ''), 'hex') AS bytes FROM generate_series(1, 1500) i, generate_series(1, 1000) j GROUP BY i")
+        let (name, _) = try await f.database(
+            sql: "CREATE TABLE noise AS SELECT i, decode(string_agg(md5(random()::text), ''), 'hex') AS bytes FROM generate_series(1, 1500) i, generate_series(1, 1000) j GROUP BY i")
         let small = f.directory + "/small"
         try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
         try await TestPostgres.tool("mount", ["-t", "tmpfs", "-o", "size=4m", "tmpfs", small], asPostgres: false)
@@ -281,13 +285,9 @@ struct PostgresEngineTests {
     func supersededAttempt() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let source = f.location()
-        let password = try #require(try await f.engine.create(at: source))
-        try await f.postgres.asRole(source, password: password, database: source, richSchema)
+        let (source, _) = try await f.database(sql: richSchema)
         let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
-        let target = f.location()
-        let targetPassword = try #require(try await f.engine.prepareRestore(at: target))
-        try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target)
+        let (target, targetPassword) = try await f.restore(object)
         let restored = try await f.fingerprint(target)
         await f.expectFailure("restore_superseded") { try await f.engine.restore(object, from: f.repository, accountID: "acct-engine", to: target) }
         #expect(try await f.exists(target) == (true, true))
@@ -313,9 +313,7 @@ struct PostgresEngineTests {
     func restoreFailureCleansUp() async throws {
         let f = try await PostgresFixture()
         defer { f.cleanup() }
-        let source = f.location()
-        let password = try #require(try await f.engine.create(at: source))
-        try await f.postgres.asRole(source, password: password, database: source, richSchema)
+        let (source, _) = try await f.database(sql: richSchema)
         let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
         // Damage every pack: the stream fails authentication part-way, and pg_restore must not
         // commit what it got.

@@ -1,5 +1,6 @@
 import CloudheedDomain
 import CloudheedStorage
+import CloudheedTestSupport
 import Foundation
 import GRDB
 import Subprocess

@@ -1,6 +1,7 @@
 import AsyncHTTPClient
 import CloudheedDomain
 import CloudheedHTTP
+import CloudheedTestSupport
 import Foundation
 import GRDB
 import NIOCore
@@ -20,22 +21,6 @@ func cloudheedBinary() throws -> String {
     return path
 }
 
-/// A port nothing listens on right now: bind port 0 on loopback and read what the kernel chose.
-func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw CocoaError(.fileWriteUnknown) }
-    return Int(UInt16(bigEndian: address.sin_port))
-}
-
 /// A client of a live server on loopback.
 struct LiveAPI: Sendable {
     let base: String
@@ -48,6 +33,21 @@ struct LiveAPI: Sendable {
         let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
         let bytes = try await response.body.collect(upTo: 1 << 20)
         return (Int(response.status.code), bytes.readableBytes == 0 ? nil : try JSONValue.parse(Array(bytes.readableBytesView)))
+    }
+
+    /// A new account with a SQLite database of `rows` random 4,000-byte rows (`items`).
+    func bigDatabase(admin: String, rows: Int) async throws -> (token: String, database: String) {
+        let (_, account) = try await call(.POST, "/v1/accounts", token: admin, body: #"{"name":"live"}"#)
+        let token = try #require(account?["token"]?.stringValue)
+        let (_, database) = try await call(.POST, "/v1/databases", token: token, body: #"{"name":"big","tier":"small"}"#)
+        let id = try #require(database?["id"]?.stringValue)
+        let queue = try DatabaseQueue(path: try filePath(ofURI: database?["connection"]?["uri"]?.stringValue))
+        try await queue.write { db in
+            try db.execute(sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
+            try db.execute(sql: "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) INSERT INTO items SELECT i, randomblob(4000) FROM s", arguments: [rows])
+        }
+        try queue.close()
+        return (token, id)
     }
 
     func waitUntilHealthy() async throws {
@@ -91,17 +91,7 @@ struct ProcessCrashTests {
         let first = try await Subprocess.run(.path(FilePath(binary)), arguments: arguments, environment: environment, input: .none, output: .discarded, error: .discarded) { execution -> (token: String, database: String, backup: String, rows: Int) in
             defer { try? execution.send(signal: .kill) }
             try await api.waitUntilHealthy()
-            let (_, account) = try await api.call(.POST, "/v1/accounts", token: admin, body: #"{"name":"crash"}"#)
-            let token = try #require(account?["token"]?.stringValue)
-            let (_, database) = try await api.call(.POST, "/v1/databases", token: token, body: #"{"name":"big","tier":"small"}"#)
-            let id = try #require(database?["id"]?.stringValue)
-            let path = try filePath(ofURI: database?["connection"]?["uri"]?.stringValue)
-            let queue = try DatabaseQueue(path: path)
-            try await queue.write { db in
-                try db.execute(sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-                try db.execute(sql: "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 36000) INSERT INTO items SELECT i, randomblob(4000) FROM s")
-            }
-            try queue.close()
+            let (token, id) = try await api.bigDatabase(admin: admin, rows: 36000)
             // Kill as soon as the backup runs; retry with a new backup if one slipped through first.
             for _ in 0..<10 {
                 let (status, created) = try await api.call(.POST, "/v1/databases/\(id)/backups", token: token)
@@ -167,17 +157,7 @@ struct LiveProgressTests {
         ) { execution in
             defer { try? execution.send(signal: .terminate) }
             try await api.waitUntilHealthy()
-            let (_, account) = try await api.call(.POST, "/v1/accounts", token: admin, body: #"{"name":"progress"}"#)
-            let token = try #require(account?["token"]?.stringValue)
-            let (_, database) = try await api.call(.POST, "/v1/databases", token: token, body: #"{"name":"big","tier":"small"}"#)
-            let id = try #require(database?["id"]?.stringValue)
-            let path = try filePath(ofURI: database?["connection"]?["uri"]?.stringValue)
-            let queue = try DatabaseQueue(path: path)
-            try await queue.write { db in
-                try db.execute(sql: "CREATE TABLE items (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
-                try db.execute(sql: "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 48000) INSERT INTO items SELECT i, randomblob(4000) FROM s")
-            }
-            try queue.close()
+            let (token, id) = try await api.bigDatabase(admin: admin, rows: 48000)
             let (_, created) = try await api.call(.POST, "/v1/databases/\(id)/backups", token: token)
             let backup = try #require(created?["id"]?.stringValue)
             #expect(created?["progress"] == .null)

@@ -1,4 +1,5 @@
 import CloudheedHTTP
+import CloudheedTestSupport
 import Foundation
 import Subprocess
 import SystemPackage
