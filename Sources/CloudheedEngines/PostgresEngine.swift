@@ -106,10 +106,17 @@ public struct PostgresEngine: DatabaseEngine {
     let tools: PostgresTools?
     let logger: Logger
 
+    /// What postgres-nio may log: errors only. At debug level it would log query text, and
+    /// `CREATE ROLE ... PASSWORD` carries a password.
+    let driverLogger: Logger
+
     public init(server: PostgresServer, tools: PostgresTools?, logger: Logger) {
         self.server = server
         self.tools = tools
         self.logger = logger
+        var quiet = logger
+        quiet.logLevel = .error
+        self.driverLogger = quiet
     }
 
     public func location(forDatabaseID id: String) -> String {
@@ -138,8 +145,8 @@ public struct PostgresEngine: DatabaseEngine {
         try await createRole(name, password: password)
         do {
             try await admin { connection in
-                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name) OWNER \(name)"), logger: logger)
-                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(name) FROM PUBLIC"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(name) OWNER \(name)"), logger: driverLogger)
+                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(name) FROM PUBLIC"), logger: driverLogger)
             }
         } catch {
             try? await drop(at: location)
@@ -157,8 +164,8 @@ public struct PostgresEngine: DatabaseEngine {
     /// The owner role, which the admin role joins so pg_dump can read and pg_restore can act as it.
     func createRole(_ name: String, password: String) async throws {
         try await admin { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(password)'"), logger: logger)
-            try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: logger)
+            try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(password)'"), logger: driverLogger)
+            try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: driverLogger)
         }
     }
 
@@ -168,10 +175,10 @@ public struct PostgresEngine: DatabaseEngine {
             // The database, and any a restore attempt left (`<name>_r...`): all the role's.
             var databases = [location]
             let owned = try await connection.query(
-                "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = \(location))", logger: logger)
+                "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = \(location))", logger: driverLogger)
             for try await datname in owned.decode(String.self) where datname != location { databases.append(datname) }
             for database in databases { try await dropDatabase(try Self.identifier(database), location: database, owner: location, on: connection) }
-            try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: logger)
+            try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: driverLogger)
         }
     }
 
@@ -181,9 +188,9 @@ public struct PostgresEngine: DatabaseEngine {
     func dropDatabase(_ name: String, location: String, owner: String, on connection: PostgresConnection) async throws {
         for attempt in 1...20 {
             try await connection.query(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(location) AND usename = \(owner)", logger: logger)
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = \(location) AND usename = \(owner)", logger: driverLogger)
             do {
-                try await connection.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name)"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "DROP DATABASE IF EXISTS \(name)"), logger: driverLogger)
                 return
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == "55006" && attempt < 20 {
                 try await Task.sleep(for: .milliseconds(250))
@@ -225,13 +232,13 @@ public struct PostgresEngine: DatabaseEngine {
             try await admin { connection in
                 // The role normally exists: it was made when the restore was requested, to show
                 // its password.
-                let role = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(location)", logger: logger)
+                let role = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(location)", logger: driverLogger)
                 if try await role.collect().isEmpty {
-                    try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(Self.newPassword())'"), logger: logger)
-                    try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: logger)
+                    try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(Self.newPassword())'"), logger: driverLogger)
+                    try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: driverLogger)
                 }
-                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(scratch) OWNER \(name)"), logger: logger)
-                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(scratch) FROM PUBLIC"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(scratch) OWNER \(name)"), logger: driverLogger)
+                try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(scratch) FROM PUBLIC"), logger: driverLogger)
             }
             let result = try await run(
                 .path(.init(tools.pgRestore)),
@@ -257,7 +264,7 @@ public struct PostgresEngine: DatabaseEngine {
             }
             try await admin { connection in
                 do {
-                    try await connection.query(PostgresQuery(unsafeSQL: "ALTER DATABASE \(scratch) RENAME TO \(name)"), logger: logger)
+                    try await connection.query(PostgresQuery(unsafeSQL: "ALTER DATABASE \(scratch) RENAME TO \(name)"), logger: driverLogger)
                 } catch let error as PSQLError where error.serverInfo?[.sqlState] == "42P04" {
                     throw EngineError(code: "restore_superseded", message: "another attempt of this restore finished first")
                 }
@@ -278,7 +285,7 @@ public struct PostgresEngine: DatabaseEngine {
         try await admin { connection in
             try await dropDatabase(scratch, location: scratchName, owner: location, on: connection)
             do {
-                try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: logger)
+                try await connection.query(PostgresQuery(unsafeSQL: "DROP ROLE IF EXISTS \(name)"), logger: driverLogger)
             } catch let error as PSQLError where error.serverInfo?[.sqlState] == "2BP01" {
                 logger.debug("restore role kept: another attempt's database depends on it")
             }
@@ -296,7 +303,7 @@ public struct PostgresEngine: DatabaseEngine {
             throw EngineError(code: "pg_dump_unavailable", message: "\(tools.pgDump) or \(tools.pgRestore) is missing")
         }
         let serverMajor = try await admin { connection in
-            let rows = try await connection.query("SHOW server_version_num", logger: logger)
+            let rows = try await connection.query("SHOW server_version_num", logger: driverLogger)
             for try await (text) in rows.decode(String.self) { return (Int(text) ?? 0) / 10000 }
             return 0
         }
@@ -312,7 +319,7 @@ public struct PostgresEngine: DatabaseEngine {
     func admin<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection: PostgresConnection
         do {
-            connection = try await PostgresConnection.connect(configuration: server.configuration(), id: 1, logger: logger)
+            connection = try await PostgresConnection.connect(configuration: server.configuration(), id: 1, logger: driverLogger)
         } catch {
             throw Self.serverError(error, server: server)
         }
