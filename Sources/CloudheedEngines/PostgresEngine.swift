@@ -163,10 +163,12 @@ public struct PostgresEngine: DatabaseEngine {
 
     /// The owner role, which the admin role joins so pg_dump can read and pg_restore can act as it.
     func createRole(_ name: String, password: String) async throws {
-        try await admin { connection in
-            try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(password)'"), logger: driverLogger)
-            try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: driverLogger)
-        }
+        try await admin { connection in try await createRole(name, password: password, on: connection) }
+    }
+
+    func createRole(_ name: String, password: String, on connection: PostgresConnection) async throws {
+        try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(password)'"), logger: driverLogger)
+        try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: driverLogger)
     }
 
     public func drop(at location: String) async throws {
@@ -234,8 +236,7 @@ public struct PostgresEngine: DatabaseEngine {
                 // its password.
                 let role = try await connection.query("SELECT 1 FROM pg_roles WHERE rolname = \(location)", logger: driverLogger)
                 if try await role.collect().isEmpty {
-                    try await connection.query(PostgresQuery(unsafeSQL: "CREATE ROLE \(name) LOGIN PASSWORD '\(Self.newPassword())'"), logger: driverLogger)
-                    try await connection.query(PostgresQuery(unsafeSQL: "GRANT \(name) TO CURRENT_USER"), logger: driverLogger)
+                    try await createRole(name, password: Self.newPassword(), on: connection)
                 }
                 try await connection.query(PostgresQuery(unsafeSQL: "CREATE DATABASE \(scratch) OWNER \(name)"), logger: driverLogger)
                 try await connection.query(PostgresQuery(unsafeSQL: "REVOKE ALL ON DATABASE \(scratch) FROM PUBLIC"), logger: driverLogger)

@@ -55,7 +55,7 @@ public struct FileBlobStore: BlobStore {
     /// One `syncfs` flushes every file and directory written since: cheaper than an fsync each.
     public func syncBuffered() async throws {
         let fd = open(root, O_RDONLY)
-        guard fd >= 0 else { throw RepositoryError(.io, "cannot open \(root): errno \(errno)") }
+        guard fd >= 0 else { throw RepositoryError.io("cannot open \(root)", errno: errno) }
         defer { close(fd) }
         guard cloudheed_syncfs(fd) == 0 else { throw RepositoryError.io("cannot sync \(root)", errno: errno) }
     }
@@ -96,7 +96,7 @@ public struct FileBlobStore: BlobStore {
 
     public func delete(_ key: String) async throws {
         let p = try path(key)
-        if unlink(p) != 0 && errno != ENOENT { throw RepositoryError(.io, "cannot delete object \(key): errno \(errno)") }
+        if unlink(p) != 0 && errno != ENOENT { throw RepositoryError.io("cannot delete object \(key)", errno: errno) }
     }
 
     public func list(prefix: String) async throws -> [RepositoryEntry] {

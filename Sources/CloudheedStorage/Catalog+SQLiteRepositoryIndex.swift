@@ -208,8 +208,9 @@ extension SQLiteCatalog: RepositoryIndex {
             var lengths: [ChunkID: Int] = [:]
             lengths.reserveCapacity(rows.count)
             for row in rows { lengths[(row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }] = row["stored_length"] }
-            guard lengths.count == Set(ids).count else {
-                throw RepositoryError(.chunksCollected, "\(Set(ids).count - lengths.count) chunks this backup refers to were garbage-collected while it ran")
+            let distinct = Set(ids).count
+            guard lengths.count == distinct else {
+                throw RepositoryError(.chunksCollected, "\(distinct - lengths.count) chunks this backup refers to were garbage-collected while it ran")
             }
             let insert = try db.makeStatement(sql: "INSERT INTO layer_chunks (layer_id, account_id, chunk_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
             for id in lengths.keys { try insert.execute(arguments: [layerID, accountID, Data(id.bytes)]) }

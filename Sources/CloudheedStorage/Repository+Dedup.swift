@@ -176,6 +176,13 @@ public struct DedupRepository: BackupRepository {
         writer.segments.append(.init(count: segment.count, checksum: Array(SHA256.hash(data: sealed))))
     }
 
+    /// A full segment's references: every distinct chunk of it, each counted once in the
+    /// layer's stored bytes.
+    func referenceAll(_ ids: [ChunkID], in writer: inout LayerWriter) async throws {
+        let lengths = try await index.addLayerReferences(layerID: writer.record.id, accountID: writer.record.accountID, ids: Array(Set(ids)))
+        writer.record.storedBytes += lengths.values.reduce(Int64(0)) { $0 + Int64($1) }
+    }
+
     /// Makes the segments durable, stores the header that authenticates them, and completes the
     /// layer in the index.
     func finish(_ writer: LayerWriter, kind: ManifestHeader.Kind, state: StoreState, keys: AccountKeys) async throws -> StoredObject {
@@ -241,7 +248,7 @@ public struct DedupRepository: BackupRepository {
         defer { try? handle.close() }
         let batchPages = max(1, (4 << 20) / pageSize)
         let segmentCount = (pageCount + segmentSpan - 1) / segmentSpan
-        let parentSegments = parent.map { ($0.header.totalCount + segmentSpan - 1) / segmentSpan } ?? 0
+        let parentSegments = parent?.header.segments.count ?? 0
         var state = StoreState()
 
         try await withThrowingTaskGroup(of: SealedPack.self) { tasks in
@@ -282,8 +289,7 @@ public struct DedupRepository: BackupRepository {
                     writer.record.storedBytes += try await deltaStoredBytes(old: old, new: new, changed: changes.map(\.id), layerID: writer.record.id, accountID: target.accountID)
                     if n < segmentCount { try await write(changes.isEmpty ? nil : .delta(changes), to: &writer, keys: keys) }
                 } else if n < segmentCount {
-                    let lengths = try await index.addLayerReferences(layerID: writer.record.id, accountID: target.accountID, ids: Array(Set(new)))
-                    writer.record.storedBytes += lengths.values.reduce(Int64(0)) { $0 + Int64($1) }
+                    try await referenceAll(new, in: &writer)
                     try await write(.pages(new), to: &writer, keys: keys)
                 }
             }
@@ -350,8 +356,7 @@ public struct DedupRepository: BackupRepository {
             func endSegment() async throws {
                 guard !entries.isEmpty else { return }
                 try await drain(&state, tasks: &tasks, accountID: target.accountID, keys: keys)
-                let lengths = try await index.addLayerReferences(layerID: writer.record.id, accountID: target.accountID, ids: Array(Set(entries.map(\.id))))
-                writer.record.storedBytes += lengths.values.reduce(Int64(0)) { $0 + Int64($1) }
+                try await referenceAll(entries.map(\.id), in: &writer)
                 writer.record.entryCount += entries.count
                 try await write(.stream(entries), to: &writer, keys: keys)
                 entries.removeAll(keepingCapacity: true)
