@@ -26,6 +26,7 @@ public struct DomainError: Error, Sendable, Equatable, CustomStringConvertible {
     public static let accountNotFound = DomainError(.notFound, code: "account_not_found", message: "no such account")
     public static let databaseNotFound = DomainError(.notFound, code: "database_not_found", message: "no such database")
     public static let backupNotFound = DomainError(.notFound, code: "backup_not_found", message: "no such backup")
+    public static let webhookNotFound = DomainError(.notFound, code: "webhook_not_found", message: "no such webhook")
     public static let restoreNotFound = DomainError(.notFound, code: "restore_not_found", message: "no such restore")
     public static func databaseNameTaken(_ name: String) -> DomainError {
         DomainError(.conflict, code: "database_name_taken", message: "a database named '\(name)' already exists in this account")

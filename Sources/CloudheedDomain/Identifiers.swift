@@ -19,6 +19,8 @@ public enum IDPrefix: String, Sendable {
     case job = "job"
     case token = "tok"
     case lease = "lease"
+    case webhook = "wh"
+    case delivery = "dlv"
 }
 
 let base32Alphabet = Array("abcdefghijklmnopqrstuvwxyz234567".utf8)

@@ -137,6 +137,7 @@ public struct Components: Sendable {
         accounts.addAccountRoutes(to: v1)
         DatabaseController(service: service).addRoutes(to: v1)
         BackupController(service: service).addRoutes(to: v1)
+        WebhookController(service: service).addRoutes(to: v1)
         return router
     }
 }
@@ -220,10 +221,11 @@ public func buildApplication(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(
         scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval, logger: logger)
+    let webhooks = WebhookSenderService(service: components.service, logger: logger)
     return Application(
         router: components.buildRouter(),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloudheed"),
-        services: [workers, scheduler],
+        services: [workers, scheduler, webhooks],
         onServerRunning: { _ in withExtendedLifetime(lock) {} },
         logger: logger)
 }

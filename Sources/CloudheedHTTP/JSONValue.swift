@@ -174,6 +174,17 @@ struct RequestFields {
         return s
     }
 
+    func stringArray(_ key: String) throws(DomainError) -> [String]? {
+        guard let v = value(key) else { return nil }
+        guard let items = v.arrayValue, items.count <= 64 else { throw .invalidField(key, "'\(key)' must be an array of at most 64 strings") }
+        var strings: [String] = []
+        for item in items {
+            guard let s = item.stringValue else { throw .invalidField(key, "'\(key)' must be an array of strings") }
+            strings.append(s)
+        }
+        return strings
+    }
+
     func int64(_ key: String) throws(DomainError) -> Int64? {
         guard let v = value(key) else { return nil }
         guard let i = v.intValue else { throw .invalidField(key, "'\(key)' must be an integer") }

@@ -65,6 +65,35 @@ enum Representation {
         ])
     }
 
+    static func webhook(_ w: Webhook) -> JSONValue {
+        .object([
+            ("id", .string(w.id)),
+            ("url", .string(w.url)),
+            ("events", .array(w.events.map { .string($0.rawValue) })),
+            ("description", .optional(w.description)),
+            ("created_at", .date(w.createdAt)),
+        ])
+    }
+
+    static func delivery(_ d: WebhookDelivery) -> JSONValue {
+        .object([
+            ("id", .string(d.id)),
+            ("event", .string(d.event.rawValue)),
+            ("status", .string(d.status.rawValue)),
+            ("created_at", .date(d.createdAt)),
+            ("next_attempt_at", .optional(d.nextAttemptAt)),
+            ("delivered_at", .optional(d.deliveredAt)),
+            ("attempts", .array(d.attempts.map { a in
+                .object([
+                    ("at", .date(a.at)),
+                    ("status_code", .optional(a.statusCode.map(Int64.init))),
+                    ("error", .optional(a.error)),
+                    ("duration_ms", .int(a.durationMs)),
+                ])
+            })),
+        ])
+    }
+
     /// `{"bytes_done", "bytes_total", "started_at"}` while running, else null.
     static func progress(_ p: JobProgress?) -> JSONValue {
         guard let p else { return .null }

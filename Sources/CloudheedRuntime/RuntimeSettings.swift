@@ -1,3 +1,4 @@
+import CloudheedDomain
 import Foundation
 
 /// Knobs of the background machinery; tests shrink the intervals.
@@ -14,6 +15,10 @@ public struct RuntimeSettings: Sendable {
     public var schedulerInterval: Duration
     /// Storage quota of accounts created without one.
     public var defaultQuotaBytes: Int64
+    /// When failed webhook deliveries are tried again.
+    public var webhookRetry: WebhookRetryPolicy
+    /// Hosts webhooks may point at (lower-case); nil: any.
+    public var webhookAllowedHosts: Set<String>?
 
     public init(
         workers: Int = ProcessInfo.processInfo.activeProcessorCount,
@@ -21,8 +26,12 @@ public struct RuntimeSettings: Sendable {
         maxAttempts: Int = 3,
         pollInterval: Duration = .seconds(2),
         schedulerInterval: Duration = .seconds(60),
-        defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024
+        defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024,
+        webhookRetry: WebhookRetryPolicy = .init(),
+        webhookAllowedHosts: Set<String>? = nil
     ) {
+        self.webhookRetry = webhookRetry
+        self.webhookAllowedHosts = webhookAllowedHosts
         self.workers = workers
         self.leaseDuration = leaseDuration
         self.maxAttempts = maxAttempts

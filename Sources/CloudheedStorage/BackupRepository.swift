@@ -60,6 +60,10 @@ public protocol BackupRepository: Sendable {
     func collectGarbage(now: Date) async throws -> GarbageReport
     /// Drops any copy of the account's keys held in memory (its data key was destroyed).
     func forgetKeys(accountID: String)
+    /// Seals a small secret the service must read back (a webhook's signing secret) under a key
+    /// derived from the account's data key, bound to `context`; deleting the account destroys it.
+    func sealSecret(_ secret: [UInt8], accountID: String, context: String) async throws -> [UInt8]
+    func openSecret(_ sealed: [UInt8], accountID: String, context: String) async throws -> [UInt8]
 }
 
 public struct RepositoryEntry: Sendable, Equatable {

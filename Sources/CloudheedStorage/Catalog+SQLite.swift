@@ -128,6 +128,7 @@ public final class SQLiteCatalog: Catalog {
                 try db.execute(sql: "ALTER TABLE \(table) ADD COLUMN progress_started_at INTEGER")
             }
         }
+        registerWebhookMigration(&migrator)
         return migrator
     }
 
@@ -194,6 +195,7 @@ public final class SQLiteCatalog: Catalog {
                 arguments: [ms(at), id])
             try db.execute(sql: "UPDATE databases SET status = 'deleted', deleted_at = COALESCE(deleted_at, ?) WHERE account_id = ?", arguments: [ms(at), id])
             try db.execute(sql: "DELETE FROM tokens WHERE account_id = ?", arguments: [id])
+            try db.execute(sql: "DELETE FROM webhooks WHERE account_id = ?", arguments: [id])
             // Destroying the data key makes whatever storage still holds unreadable for good.
             try db.execute(sql: "DELETE FROM account_keys WHERE account_id = ?", arguments: [id])
             try db.execute(sql: "UPDATE accounts SET deleted_at = ? WHERE id = ?", arguments: [ms(at), id])
@@ -604,18 +606,22 @@ public final class SQLiteCatalog: Catalog {
                         error_code = NULL, error_message = NULL WHERE id = ?
                     """,
                 arguments: [atMs, object.key, object.sizeBytes, object.checksum, object.storedBytes, subject])
+            try backupEvent(.backupCompleted, subject, at: at, db)
             return true
         case (.backup, .failed(let error)):
             try db.execute(
                 sql: "UPDATE backups SET status = 'failed', completed_at = ?, error_code = ?, error_message = ? WHERE id = ?",
                 arguments: [atMs, error.code, error.message, subject])
-            return db.changesCount == 1
+            guard db.changesCount == 1 else { return false }
+            try backupEvent(.backupFailed, subject, at: at, db)
+            return true
         case (.restore, .restoreCompleted):
             try db.execute(sql: "UPDATE restores SET status = 'completed', completed_at = ? WHERE id = ?", arguments: [atMs, subject])
             guard db.changesCount == 1 else { return false }
             try db.execute(
                 sql: "UPDATE databases SET status = 'available' WHERE id = (SELECT target_database_id FROM restores WHERE id = ?)",
                 arguments: [subject])
+            try restoreEvent(.restoreCompleted, subject, at: at, db)
             return true
         case (.restore, .failed(let error)):
             try db.execute(
@@ -625,6 +631,7 @@ public final class SQLiteCatalog: Catalog {
             try db.execute(
                 sql: "UPDATE databases SET status = 'failed', error_code = ?, error_message = ? WHERE id = (SELECT target_database_id FROM restores WHERE id = ?)",
                 arguments: [error.code, error.message, subject])
+            try restoreEvent(.restoreFailed, subject, at: at, db)
             return true
         case (.verify, .verified(let integrity)):
             try db.execute(sql: "UPDATE backups SET integrity = ?, verified_at = ? WHERE id = ?", arguments: [integrity.rawValue, atMs, subject])
@@ -636,6 +643,18 @@ public final class SQLiteCatalog: Catalog {
              (.verify, .backupCompleted), (.verify, .restoreCompleted):
             preconditionFailure("outcome \(outcome) does not fit a \(kind) job")
         }
+    }
+
+    static func backupEvent(_ event: WebhookEvent, _ id: String, at: Date, _ db: GRDB.Database) throws {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [id]) else { return }
+        let backup = Self.backup(row)
+        try enqueueEvent(event, accountID: backup.accountID, at: at, data: WebhookPayload.backup(backup), db)
+    }
+
+    static func restoreEvent(_ event: WebhookEvent, _ id: String, at: Date, _ db: GRDB.Database) throws {
+        guard let row = try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ?", arguments: [id]) else { return }
+        let restore = Self.restore(row)
+        try enqueueEvent(event, accountID: restore.accountID, at: at, data: WebhookPayload.restore(restore), db)
     }
 
     public func releaseJob(_ job: ClaimedJob) async throws {
@@ -748,11 +767,3 @@ public final class SQLiteCatalog: Catalog {
 
 func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }
 func date(_ ms: Int64) -> Date { Date(timeIntervalSince1970: TimeInterval(ms) / 1000) }
-
-extension Duration {
-    /// The duration in (fractional) seconds.
-    public var seconds: TimeInterval {
-        let (s, attoseconds) = components
-        return TimeInterval(s) + TimeInterval(attoseconds) / 1e18
-    }
-}

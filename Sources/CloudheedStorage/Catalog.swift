@@ -132,4 +132,52 @@ public protocol Catalog: Sendable {
     func oldestPendingJob() async throws -> Date?
     /// Available databases created before `cutoff` without a backup completed since.
     func databasesWithoutBackup(since cutoff: Date) async throws -> Int
+
+    // MARK: Webhooks
+    // Events are enqueued by `finishJob` in the transaction that records the outcome, one
+    // delivery per subscribed webhook, so an event is never lost between the two.
+
+    /// Throws `webhook_limit_reached` when the account already has `Webhook.limitPerAccount`.
+    func insertWebhook(_ webhook: Webhook, sealedSecret: [UInt8]) async throws
+    func webhooks(accountID: String) async throws -> [Webhook]
+    func webhook(id: String, accountID: String) async throws -> Webhook?
+    /// Deletes the webhook and its deliveries; false when there is no such webhook.
+    func deleteWebhook(id: String, accountID: String) async throws -> Bool
+    /// The webhook's most recent deliveries, newest first, with their attempts.
+    func deliveries(webhookID: String, accountID: String, limit: Int) async throws -> [WebhookDelivery]
+    /// Pending deliveries whose next attempt is due, locked for `lease` so no other sender takes them meanwhile.
+    func claimDeliveries(now: Date, lease: Duration, limit: Int) async throws -> [DueDelivery]
+    /// Records an attempt: delivered when it succeeded, else pending until `retryAt`, or failed for good when nil.
+    func recordDeliveryAttempt(_ delivery: DueDelivery, attempt: DeliveryAttempt, retryAt: Date?) async throws
+    /// Removes finished deliveries older than `before`; returns how many.
+    func pruneDeliveries(before: Date) async throws -> Int
+}
+
+/// A delivery a sender holds: what to POST where, and the sealed secret to sign it with.
+public struct DueDelivery: Sendable, Equatable {
+    public var id: String
+    public var webhookID: String
+    public var accountID: String
+    public var url: String
+    public var event: WebhookEvent
+    public var payload: String
+    public var sealedSecret: [UInt8]
+    public var createdAt: Date
+    /// 1 for the first attempt.
+    public var attempt: Int
+
+    public init(
+        id: String, webhookID: String, accountID: String, url: String, event: WebhookEvent, payload: String, sealedSecret: [UInt8],
+        createdAt: Date, attempt: Int
+    ) {
+        self.id = id
+        self.webhookID = webhookID
+        self.accountID = accountID
+        self.url = url
+        self.event = event
+        self.payload = payload
+        self.sealedSecret = sealedSecret
+        self.createdAt = createdAt
+        self.attempt = attempt
+    }
 }

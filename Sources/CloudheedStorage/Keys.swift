@@ -106,6 +106,8 @@ public struct ChunkID: Hashable, Sendable, Comparable, CustomStringConvertible {
 public struct AccountKeys: Sendable {
     let idKey: SymmetricKey
     let encryptionKey: SymmetricKey
+    /// Seals the account's small secrets (webhook signing secrets), apart from backup data.
+    let secretKey: SymmetricKey
     /// HMAC-SHA-256 under `idKey`, with the keyed inner and outer blocks hashed once: a chunk id
     /// then costs one hash of the chunk and one of 32 bytes, with no key set-up per page.
     let innerState: SHA256
@@ -114,6 +116,7 @@ public struct AccountKeys: Sendable {
     init(dataKey: SymmetricKey) {
         idKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey, info: Array("cloudheed chunk-id v1".utf8), outputByteCount: 32)
         encryptionKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey, info: Array("cloudheed encryption v1".utf8), outputByteCount: 32)
+        secretKey = HKDF<SHA256>.deriveKey(inputKeyMaterial: dataKey, info: Array("cloudheed secrets v1".utf8), outputByteCount: 32)
         // RFC 2104: the 32-byte key padded to SHA-256's 64-byte block.
         let key = idKey.withUnsafeBytes { Array($0) } + [UInt8](repeating: 0, count: 32)
         var inner = SHA256(), outer = SHA256()

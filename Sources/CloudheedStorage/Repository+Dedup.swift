@@ -750,6 +750,20 @@ public struct DedupRepository: BackupRepository {
         return rewritten
     }
 
+    public func sealSecret(_ secret: [UInt8], accountID: String, context: String) async throws -> [UInt8] {
+        let keys = try await keys(accountID)
+        return Array(try AES.GCM.seal(secret, using: keys.secretKey, authenticating: Array(context.utf8)).combined!)
+    }
+
+    public func openSecret(_ sealed: [UInt8], accountID: String, context: String) async throws -> [UInt8] {
+        let keys = try await keys(accountID)
+        do {
+            return Array(try AES.GCM.open(AES.GCM.SealedBox(combined: sealed), using: keys.secretKey, authenticating: Array(context.utf8)))
+        } catch {
+            throw RepositoryError(.keys, "a sealed secret does not open under its account's key")
+        }
+    }
+
     public func forgetKeys(accountID: String) {
         keyRing.forget(accountID: accountID)
     }

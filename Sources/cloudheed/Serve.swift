@@ -1,4 +1,5 @@
 import ArgumentParser
+import CloudheedDomain
 import CloudheedEngines
 import CloudheedHTTP
 import CloudheedRuntime
@@ -37,6 +38,11 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Directory holding pg_dump and pg_restore (env CLOUDHEED_POSTGRES_BIN_DIR). Default: PATH, then the newest /usr/lib/postgresql/*/bin.")
     var postgresBinDir: String?
 
+    @Option(help: "Comma-separated hosts webhooks may be sent to (env CLOUDHEED_WEBHOOK_ALLOWED_HOSTS). Default: any host.")
+    var webhookAllowedHosts: String?
+    @Option(help: "Seconds before the first retry of a failed webhook delivery, doubling up to an hour, for a day (env CLOUDHEED_WEBHOOK_RETRY_SECONDS). Default 10.")
+    var webhookRetrySeconds: Int?
+
     func run() async throws {
         var flags: [AbsoluteConfigKey: ConfigValue] = [:]
         func set(_ key: AbsoluteConfigKey, _ value: ConfigContent?) {
@@ -52,6 +58,8 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.log.level", logLevel.map { .string($0) })
         set("cloudheed.compression", compression.map { .string($0) })
         set("cloudheed.postgres.bin.dir", postgresBinDir.map { .string($0) })
+        set("cloudheed.webhook.allowed.hosts", webhookAllowedHosts.map { .string($0) })
+        set("cloudheed.webhook.retry.seconds", webhookRetrySeconds.map { .int($0) })
         if let postgresURL { flags["cloudheed.postgres.url"] = ConfigValue(.string(postgresURL), isSecret: true) }
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
 
@@ -67,6 +75,12 @@ struct Serve: AsyncParsableCommand {
         guard lease >= 3 else { throw ValidationError("--lease-seconds must be at least 3") }
         let quota = config.int(forKey: "cloudheed.default.quota.bytes", default: 10 * 1024 * 1024 * 1024)
         guard quota >= 0 else { throw ValidationError("--default-quota-bytes must be zero or more") }
+
+        let retrySeconds = config.int(forKey: "cloudheed.webhook.retry.seconds", default: 10)
+        guard (1...3600).contains(retrySeconds) else { throw ValidationError("--webhook-retry-seconds must be 1-3600") }
+        let allowedHosts = config.string(forKey: "cloudheed.webhook.allowed.hosts").map { text in
+            Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        }
 
         let compressionText = config.string(forKey: "cloudheed.compression", default: "3")
         guard let compression = CompressionSetting.parse(compressionText) else {
@@ -94,7 +108,8 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "cloudheed")
 
         let settings = RuntimeSettings(
-            workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), defaultQuotaBytes: Int64(quota))
+            workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), defaultQuotaBytes: Int64(quota),
+            webhookRetry: WebhookRetryPolicy(base: .seconds(retrySeconds)), webhookAllowedHosts: allowedHosts)
         let serve = ServeConfiguration(
             dataDirectory: config.string(forKey: "cloudheed.data.dir", default: "./cloudheed-data"),
             host: config.string(forKey: "cloudheed.host", default: "127.0.0.1"),
