@@ -45,7 +45,11 @@ public struct StoredObject: Sendable, Equatable {
     public var checksum: String
     /// Compressed, encrypted bytes of the chunks the backup references.
     public var storedBytes: Int64
-    public init(key: String, sizeBytes: Int64, checksum: String, storedBytes: Int64 = 0) {
+    /// Rows per table in the snapshot, where the engine counts them (PostgreSQL); a drill
+    /// compares its restored copy against these.
+    public var tableCounts: TableCounts?
+    public init(key: String, sizeBytes: Int64, checksum: String, storedBytes: Int64 = 0, tableCounts: TableCounts? = nil) {
+        self.tableCounts = tableCounts
         self.key = key
         self.sizeBytes = sizeBytes
         self.checksum = checksum
@@ -79,6 +83,8 @@ public struct Backup: Sendable, Equatable {
     public var verifiedAt: Date?
     /// While in progress: what the worker last reported.
     public var progress: JobProgress?
+    /// What the last restore drill of this backup found.
+    public var lastDrill: DrillResult?
 
     public init(
         id: String, accountID: String, databaseID: String, name: String, type: BackupType, status: BackupStatus,

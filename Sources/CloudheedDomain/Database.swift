@@ -33,12 +33,21 @@ public struct ManagedDatabase: Sendable, Equatable {
     /// Start of the next backup-window occurrence that still needs its automatic backup.
     public var nextBackupAt: Date
     public var error: ErrorInfo?
+    public var restoreDrills: RestoreDrills
+    /// When the next drill is due; nil when drills are off.
+    public var nextDrillAt: Date?
+    /// The most recent drill of any of its backups.
+    public var lastDrill: DrillResult?
 
     public init(
         id: String, accountID: String, name: String, tier: Tier, engine: EngineKind, status: DatabaseStatus,
         backupWindow: BackupWindow, location: String, createdAt: Date, deletedAt: Date? = nil,
-        nextBackupAt: Date, error: ErrorInfo? = nil
+        nextBackupAt: Date, error: ErrorInfo? = nil, restoreDrills: RestoreDrills = .weekly, nextDrillAt: Date? = nil,
+        lastDrill: DrillResult? = nil
     ) {
+        self.restoreDrills = restoreDrills
+        self.nextDrillAt = nextDrillAt
+        self.lastDrill = lastDrill
         self.id = id
         self.accountID = accountID
         self.name = name

@@ -1,10 +1,12 @@
 import Foundation
 
 /// Work the service does in the background, durably recorded in the catalog.
-public enum JobKind: String, Sendable, Codable {
+public enum JobKind: String, Sendable, Codable, CaseIterable {
     case backup, restore
     /// Re-reads every chunk of a completed backup; the subject is the backup.
     case verify
+    /// Restores a completed backup into a scratch location, checks it and throws it away; the subject is the backup.
+    case drill
 }
 
 /// A job a worker holds under a lease. `leaseToken` fences the worker: once the lease is lost
@@ -33,5 +35,7 @@ public enum JobOutcome: Sendable, Equatable {
     case backupCompleted(StoredObject)
     case restoreCompleted
     case verified(BackupIntegrity)
+    /// A drill ran to its end, whether the backup passed or not.
+    case drilled(DrillResult)
     case failed(ErrorInfo)
 }

@@ -22,6 +22,9 @@ public protocol DatabaseEngine: Sendable {
     /// Rebuilds a database at `location` from `object`, checks it, and only then puts it in
     /// place; on any failure nothing is left at `location`.
     func restore(_ object: StoredObject, from repository: any BackupRepository, accountID: String, to location: String) async throws
+    /// A restore drill: restores `object` into a scratch location of the engine's own, checks it
+    /// (an error when it is not sound), counts the rows of each table, and removes it again.
+    func drill(_ object: StoredObject, from repository: any BackupRepository, accountID: String) async throws -> TableCounts
     /// What applications connect with; the password only where given.
     func connectionURI(location: String, password: String?) -> String
 }

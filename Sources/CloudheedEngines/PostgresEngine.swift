@@ -200,26 +200,75 @@ public struct PostgresEngine: DatabaseEngine {
         }
     }
 
+    /// pg_dump reads the snapshot our own repeatable-read transaction exported, and that
+    /// transaction counts each table's rows meanwhile: the counts are exactly those of the dump,
+    /// and a drill compares its restored copy against them.
     public func backup(at location: String, into repository: any BackupRepository, target: BackupTarget) async throws -> StoredObject {
         let tools = try await checkedTools()
         _ = try Self.identifier(location)
-        let result: ExecutionResult<StoredObject, SequenceOutput, StringOutput<UTF8>>
-        do {
-            result = try await run(
-                .path(.init(tools.pgDump)),
-                arguments: ["--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--no-sync"],
-                environment: .inherit.updating(server.environment(database: location)),
-                input: .none, output: .sequence, error: .string(limit: 1 << 20)
-            ) { execution in
-                try await repository.storeStream(OutputBytes(base: execution.standardOutput), target: target)
+        return try await connected(to: location) { connection in
+            try await connection.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", logger: driverLogger)
+            var snapshot = ""
+            for try await id in try await connection.query("SELECT pg_export_snapshot()", logger: driverLogger).decode(String.self) { snapshot = id }
+            async let counts = Self.countRows(on: connection, logger: driverLogger)
+            let result: ExecutionResult<StoredObject, SequenceOutput, StringOutput<UTF8>>
+            do {
+                result = try await run(
+                    .path(.init(tools.pgDump)),
+                    arguments: ["--format=custom", "--compress=0", "--no-owner", "--no-privileges", "--no-sync", "--snapshot=\(snapshot)"],
+                    environment: .inherit.updating(server.environment(database: location)),
+                    input: .none, output: .sequence, error: .string(limit: 1 << 20)
+                ) { execution in
+                    try await repository.storeStream(OutputBytes(base: execution.standardOutput), target: target)
+                }
+            } catch let error as SubprocessError {
+                throw EngineError(code: "pg_dump_failed", message: "pg_dump could not be run: \(error)")
             }
-        } catch let error as SubprocessError {
-            throw EngineError(code: "pg_dump_failed", message: "pg_dump could not be run: \(error)")
+            guard result.terminationStatus.isSuccess else {
+                throw Self.toolError("pg_dump", status: result.terminationStatus, stderr: result.standardError, database: location)
+            }
+            var object = result.closureResult
+            object.tableCounts = try await counts
+            try await connection.query("COMMIT", logger: driverLogger)
+            return object
         }
-        guard result.terminationStatus.isSuccess else {
-            throw Self.toolError("pg_dump", status: result.terminationStatus, stderr: result.standardError, database: location)
+    }
+
+    /// Restores into a database of its own (`chd_drill_<random>`), counts its rows, and drops it
+    /// and its role whatever happened.
+    public func drill(_ object: StoredObject, from repository: any BackupRepository, accountID: String) async throws -> TableCounts {
+        let location = "chd_drill_" + SecureIDGenerator().randomString(count: 12)
+        do {
+            _ = try await prepareRestore(at: location)
+            try await restore(object, from: repository, accountID: accountID, to: location)
+            let counts = try await connected(to: location) { connection in try await Self.countRows(on: connection, logger: driverLogger) }
+            try await drop(at: location)
+            return counts
+        } catch {
+            try? await drop(at: location)
+            throw error
         }
-        return result.closureResult
+    }
+
+    /// `count(*)` of every ordinary table outside the system schemas, keyed `schema.table`.
+    static func countRows(on connection: PostgresConnection, logger: Logger) async throws -> TableCounts {
+        let tables = try await connection.query(
+            """
+            SELECT n.nspname || '.' || c.relname, format('%I.%I', n.nspname, c.relname)
+            FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_%'
+            ORDER BY 1
+            """, logger: logger)
+        var names: [(String, String)] = []
+        for try await (name, quoted) in tables.decode((String, String).self) { names.append((name, quoted)) }
+        var rows: [String: Int64] = [:]
+        for (name, quoted) in names {
+            // `quoted` comes from the server's own format('%I'), so it is a safe identifier.
+            for try await count in try await connection.query(PostgresQuery(unsafeSQL: "SELECT count(*) FROM ONLY \(quoted)"), logger: logger).decode(Int64.self) {
+                rows[name] = count
+            }
+        }
+        return TableCounts(rows)
     }
 
     /// Restores into a database of this attempt's own (`<name>_r<random>`), renamed to the
@@ -314,6 +363,24 @@ public struct PostgresEngine: DatabaseEngine {
                 message: "pg_dump \(tools.majorVersion) cannot back up a PostgreSQL \(serverMajor) server; install postgresql-client-\(serverMajor) or configure --postgres-bin-dir")
         }
         return tools
+    }
+
+    /// Runs `body` on a fresh admin connection to `database`; server failures become engine errors.
+    func connected<T>(to database: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: server.configuration(database: database), id: 2, logger: driverLogger)
+        } catch {
+            throw Self.serverError(error, server: server)
+        }
+        do {
+            let value = try await body(connection)
+            try? await connection.close()
+            return value
+        } catch {
+            try? await connection.close()
+            throw Self.serverError(error, server: server)
+        }
     }
 
     /// Runs `body` on a fresh admin connection; server failures become engine errors with codes.

@@ -53,7 +53,42 @@ public struct SQLiteEngine: DatabaseEngine {
         let snapshot = scratchDirectory + "/" + target.backupID + "-" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + ".snapshot"
         defer { Self.removeFiles(snapshot) }
         try await self.snapshot(at: location, to: snapshot)
-        return try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
+        // Rows per table, counted in the snapshot beside the store (the file is in the page
+        // cache by then), for drills to compare their restored copies against.
+        async let counts = Self.countRows(snapshot)
+        var object = try await repository.storePages(ofFile: snapshot, pageSize: try Self.pageSize(ofFile: snapshot), target: target)
+        object.tableCounts = try await counts
+        return object
+    }
+
+    public func drill(_ object: StoredObject, from repository: any BackupRepository, accountID: String) async throws -> TableCounts {
+        let scratch = scratchDirectory + "/drill-" + String(UInt64.random(in: 0...UInt64.max), radix: 36) + ".sqlite3"
+        defer { Self.removeFiles(scratch) }
+        try await repository.restorePages(object, accountID: accountID, toFile: scratch)
+        try await Self.check(scratch, expectedSize: object.sizeBytes)
+        return try await Self.countRows(scratch)
+    }
+
+    /// `COUNT(*)` of every ordinary table (virtual tables need their module, which may be missing).
+    static func countRows(_ path: String) async throws -> TableCounts {
+        do {
+            var readOnly = configuration()
+            readOnly.readonly = true
+            let queue = try DatabaseQueue(path: path, configuration: readOnly)
+            defer { try? queue.close() }
+            return try await queue.read { db in
+                let tables = try String.fetchAll(
+                    db,
+                    sql: "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND sql NOT LIKE 'CREATE VIRTUAL%'")
+                var rows: [String: Int64] = [:]
+                for table in tables {
+                    rows[table] = try Int64.fetchOne(db, sql: "SELECT COUNT(*) FROM \"\(table.replacingOccurrences(of: "\"", with: "\"\""))\"") ?? 0
+                }
+                return TableCounts(rows)
+            }
+        } catch let error as DatabaseError {
+            throw EngineError(code: "integrity_check_failed", message: "counting rows failed: \(error.message ?? "\(error.resultCode)")")
+        }
     }
 
     /// A consistent copy of the live database at `snapshot` (a scratch file, so not synced).

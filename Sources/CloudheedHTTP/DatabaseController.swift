@@ -20,12 +20,14 @@ struct DatabaseController {
 
     @Sendable func create(_ request: Request, context: AppRequestContext) async throws -> Response {
         let account = try context.requireAccount()
-        let fields = try await request.fields(allowed: ["name", "tier", "engine", "backup_window"])
+        let fields = try await request.fields(allowed: ["name", "tier", "engine", "backup_window", "restore_drills"])
         let name = try fields.requiredString("name")
         let tier = try Tier.parse(try fields.requiredString("tier"))
         let engine = try EngineKind.parse(try fields.string("engine") ?? EngineKind.sqlite.rawValue)
         let window = try fields.string("backup_window").map { text throws(DomainError) in try BackupWindow.parse(text) }
-        let (database, uri) = try await service.createDatabase(accountID: account.id, name: name, tier: tier, engine: engine, backupWindow: window)
+        let drills = try fields.string("restore_drills").map { raw throws(DomainError) in try RestoreDrills.parse(raw) } ?? .weekly
+        let (database, uri) = try await service.createDatabase(
+            accountID: account.id, name: name, tier: tier, engine: engine, backupWindow: window, restoreDrills: drills)
         context.logger.info("database created", metadata: ["database.id": "\(database.id)"])
         // The only response that carries the owner's password (PostgreSQL).
         return json(Representation.database(database, uri: uri), status: .created)
@@ -52,10 +54,11 @@ struct DatabaseController {
     @Sendable func update(_ request: Request, context: AppRequestContext) async throws -> Response {
         let account = try context.requireAccount()
         let id = try context.parameters.require("id")
-        let fields = try await request.fields(allowed: ["tier", "backup_window"])
+        let fields = try await request.fields(allowed: ["tier", "backup_window", "restore_drills"])
         let tier = try fields.string("tier").map { raw throws(DomainError) in try Tier.parse(raw) }
         let window = try fields.string("backup_window").map { text throws(DomainError) in try BackupWindow.parse(text) }
-        let database = try await service.updateDatabase(accountID: account.id, id: id, tier: tier, backupWindow: window)
+        let drills = try fields.string("restore_drills").map { raw throws(DomainError) in try RestoreDrills.parse(raw) }
+        let database = try await service.updateDatabase(accountID: account.id, id: id, tier: tier, backupWindow: window, restoreDrills: drills)
         return json(representation(database))
     }
 

@@ -25,6 +25,9 @@ enum Representation {
             ("created_at", .date(d.createdAt)),
             ("deleted_at", .optional(d.deletedAt)),
             ("connection", d.status == .deleted ? .null : .object([("uri", .optional(uri))])),
+            ("restore_drills", .string(d.restoreDrills.rawValue)),
+            ("next_drill_at", .optional(d.nextDrillAt)),
+            ("last_drill", drill(d.lastDrill)),
             ("error", error(d.error)),
         ])
     }
@@ -47,6 +50,7 @@ enum Representation {
             ("integrity", .string(b.integrity.rawValue)),
             ("verified_at", .optional(b.verifiedAt)),
             ("progress", progress(b.progress)),
+            ("last_drill", drill(b.lastDrill)),
             ("error", error(b.error)),
         ])
     }
@@ -98,6 +102,12 @@ enum Representation {
     static func progress(_ p: JobProgress?) -> JSONValue {
         guard let p else { return .null }
         return .object([("bytes_done", .int(p.bytesDone)), ("bytes_total", .optional(p.bytesTotal)), ("started_at", .date(p.startedAt))])
+    }
+
+    /// `{"at", "result", "duration_ms", "error"}` of the last restore drill, or null.
+    static func drill(_ d: DrillResult?) -> JSONValue {
+        guard let d else { return .null }
+        return .object([("at", .date(d.at)), ("result", .string(d.result.rawValue)), ("duration_ms", .int(d.durationMs)), ("error", error(d.error))])
     }
 
     static func error(_ e: ErrorInfo?) -> JSONValue {

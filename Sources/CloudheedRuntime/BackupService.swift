@@ -77,7 +77,9 @@ public struct BackupService: Sendable {
 
     /// The new database, and the URI applications connect with, password included where the
     /// engine has one: it is shown this once and stored nowhere.
-    public func createDatabase(accountID: String, name: String, tier: Tier, engine kind: EngineKind, backupWindow: BackupWindow?) async throws -> (database: ManagedDatabase, connectionURI: String) {
+    public func createDatabase(
+        accountID: String, name: String, tier: Tier, engine kind: EngineKind, backupWindow: BackupWindow?, restoreDrills: RestoreDrills = .weekly
+    ) async throws -> (database: ManagedDatabase, connectionURI: String) {
         try DatabaseName.validate(name)
         let engine = try engines.engine(kind)
         if try await catalog.databaseNameInUse(accountID: accountID, name: name) { throw DomainError.databaseNameTaken(name) }
@@ -87,7 +89,8 @@ public struct BackupService: Sendable {
         let location = engine.location(forDatabaseID: id)
         let database = ManagedDatabase(
             id: id, accountID: accountID, name: name, tier: tier, engine: kind, status: .available, backupWindow: window,
-            location: location, createdAt: now, nextBackupAt: window.firstDueStart(createdAt: now))
+            location: location, createdAt: now, nextBackupAt: window.firstDueStart(createdAt: now), restoreDrills: restoreDrills,
+            nextDrillAt: restoreDrills.firstDrill(firstBackupAt: window.firstDueStart(createdAt: now)))
         let password = try await engine.create(at: location)
         do {
             try await catalog.insertDatabase(database)
@@ -108,8 +111,13 @@ public struct BackupService: Sendable {
         return database
     }
 
-    public func updateDatabase(accountID: String, id: String, tier: Tier?, backupWindow: BackupWindow?) async throws -> ManagedDatabase {
+    public func updateDatabase(accountID: String, id: String, tier: Tier?, backupWindow: BackupWindow?, restoreDrills: RestoreDrills? = nil) async throws -> ManagedDatabase {
         var changes = DatabaseChanges(tier: tier, backupWindow: backupWindow)
+        if let restoreDrills {
+            // Turned on or changed: the first drill under the new setting runs at the next tick.
+            changes.restoreDrills = restoreDrills
+            changes.nextDrillAt = restoreDrills.period == nil ? nil : clock.now()
+        }
         if let backupWindow {
             // The new window takes effect from now: its open occurrence, or the next one. The
             // catalog's one-per-day rule keeps a day that already has its backup from getting two.
@@ -196,7 +204,8 @@ public struct BackupService: Sendable {
         let target = ManagedDatabase(
             id: targetID, accountID: accountID, name: name, tier: source.tier, engine: backup.engine, status: .restoring,
             backupWindow: window, location: engine.location(forDatabaseID: targetID), createdAt: now,
-            nextBackupAt: window.firstDueStart(createdAt: now))
+            nextBackupAt: window.firstDueStart(createdAt: now), restoreDrills: source.restoreDrills,
+            nextDrillAt: source.restoreDrills.firstDrill(firstBackupAt: window.firstDueStart(createdAt: now)))
         let restore = Restore(
             id: ids.make(.restore), accountID: accountID, backupID: backupID, sourceDatabaseID: databaseID,
             targetDatabaseID: targetID, status: .pending, createdAt: now)

@@ -29,12 +29,12 @@ public struct JobRunner: Sendable {
         case shutdown
     }
 
-    /// Claims one job and runs it to its end; false when there was nothing to claim.
+    /// Claims one job of `kinds` and runs it to its end; false when there was nothing to claim.
     @discardableResult
-    public func runNextJob() async throws -> Bool {
+    public func runNextJob(kinds: Set<JobKind> = Set(JobKind.allCases)) async throws -> Bool {
         let token = service.ids.randomString(count: 12)
         guard let job = try await catalog.claimJob(
-            leaseToken: token, now: service.clock.now(), leaseDuration: settings.leaseDuration, maxAttempts: settings.maxAttempts)
+            leaseToken: token, now: service.clock.now(), leaseDuration: settings.leaseDuration, maxAttempts: settings.maxAttempts, kinds: kinds)
         else { return false }
         var jobLogger = self.logger
         jobLogger[metadataKey: "job.id"] = "\(job.id)"
@@ -69,6 +69,8 @@ public struct JobRunner: Sendable {
             switch (finish, outcome) {
             case (.applied, .failed(let error)):
                 logger.warning("job failed", metadata: ["error.code": "\(error.code)", "error.message": "\(error.message)", "duration": "\(elapsed)"])
+            case (.applied, .drilled(let result)) where result.result == .failed:
+                logger.error("restore drill failed", metadata: ["error.code": "\(result.error?.code ?? "")", "error.message": "\(result.error?.message ?? "")"])
             case (.applied, _):
                 logger.info("job completed", metadata: ["duration": "\(elapsed)"])
             case (.leaseLost, _), (.subjectGone, _):
@@ -87,7 +89,7 @@ public struct JobRunner: Sendable {
     /// Records the job's progress on its backup or restore at once and then every second while
     /// it changes; nil when cancelled (the job ended).
     func reportProgress(_ job: ClaimedJob, meter: ProgressMeter, logger: Logger) async -> Event? {
-        guard job.kind != .verify else { return nil }
+        guard job.kind == .backup || job.kind == .restore else { return nil }
         var last: (Int64, Int64?)?
         while !Task.isCancelled {
             let now = meter.snapshot
@@ -127,6 +129,7 @@ public struct JobRunner: Sendable {
             case .backup: return try await executeBackup(job)
             case .restore: return try await executeRestore(job, logger: logger)
             case .verify: return try await executeVerify(job, logger: logger)
+            case .drill: return try await executeDrill(job, logger: logger)
             }
         } catch let error as DomainError {
             return .failed(error.info)
@@ -174,6 +177,39 @@ public struct JobRunner: Sendable {
         return .verified(report.isSound ? .verified : .corrupt)
     }
 
+    /// Restores the backup into a scratch location, checks it and compares its row counts with
+    /// those recorded at backup time. Any failure (a damaged backup, a mismatch, an engine that
+    /// cannot restore it now) is the drill's result, not a job error: it must alert.
+    func executeDrill(_ job: ClaimedJob, logger: Logger) async throws -> JobOutcome {
+        guard let backup = try await catalog.backup(id: job.subjectID), let object = backup.object else {
+            return .failed(ErrorInfo(code: "backup_not_found", message: "the backup no longer exists"))
+        }
+        let started = ContinuousClock.now
+        func result(_ error: ErrorInfo?) -> JobOutcome {
+            let elapsed = ContinuousClock.now - started
+            let ms = elapsed.components.seconds * 1000 + elapsed.components.attoseconds / 1_000_000_000_000_000
+            return .drilled(DrillResult(at: service.clock.now(), result: error == nil ? .passed : .failed, durationMs: ms, error: error))
+        }
+        do {
+            let counts = try await service.engines.engine(backup.engine).drill(object, from: service.repository, accountID: backup.accountID)
+            if let expected = object.tableCounts, let mismatch = expected.mismatch(restored: counts) {
+                return result(ErrorInfo(code: "drill_row_counts_differ", message: mismatch))
+            }
+            logger.info("restore drill passed", metadata: ["drill.tables": "\(counts.rows.count)", "drill.rows": "\(counts.rows.values.reduce(0, +))"])
+            return result(nil)
+        } catch is CancellationError {
+            throw CancellationError()
+        } catch let error as DomainError {
+            return result(error.info)
+        } catch let error as EngineError {
+            return result(error.info)
+        } catch let error as RepositoryError {
+            return result(error.info)
+        } catch {
+            return result(ErrorInfo(code: "drill_failed", message: "\(error)"))
+        }
+    }
+
     func executeRestore(_ job: ClaimedJob, logger: Logger) async throws -> JobOutcome {
         guard let restore = try await catalog.restore(id: job.subjectID) else {
             return .failed(ErrorInfo(code: "restore_not_found", message: "the restore no longer exists"))
@@ -204,18 +240,24 @@ public struct JobWorkerService: Service {
         self.logger = logger
     }
 
+    /// Backups, restores and verifications.
+    static let mainKinds: Set<JobKind> = [.backup, .restore, .verify]
+
     public func run() async throws {
         await withTaskGroup(of: Void.self) { group in
             for index in 0..<max(1, settings.workers) {
-                group.addTask { await self.loop(index) }
+                group.addTask { await self.loop(index, kinds: Self.mainKinds) }
             }
+            // Drills get one loop of their own at low priority: they never take a worker a
+            // scheduled backup is waiting for.
+            group.addTask(priority: .low) { await self.loop(-1, kinds: [.drill]) }
         }
     }
 
-    func loop(_ index: Int) async {
+    func loop(_ index: Int, kinds: Set<JobKind>) async {
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             do {
-                if try await runner.runNextJob() { continue }
+                if try await runner.runNextJob(kinds: kinds) { continue }
             } catch {
                 logger.error("worker could not reach the catalog", metadata: ["worker": "\(index)", "error": "\(error)"])
             }

@@ -24,6 +24,7 @@ public struct Scheduler: Sendable {
     public struct TickReport: Sendable, Equatable {
         public var backupsCreated = 0
         public var backupsExpired = 0
+        public var drillsQueued = 0
     }
 
     @discardableResult
@@ -37,9 +38,30 @@ public struct Scheduler: Sendable {
             }
             if due.count < batchSize { break }
         }
-        if report.backupsCreated > 0 { service.signal.notify() }
+        report.drillsQueued = try await queueDrills(now: now)
+        if report.backupsCreated > 0 || report.drillsQueued > 0 { service.signal.notify() }
         report.backupsExpired = try await expire(now: now)
         return report
+    }
+
+    /// Queues a drill of each due database's latest completed backup. A database without one
+    /// yet is looked at again in an hour.
+    func queueDrills(now: Date) async throws -> Int {
+        var queued = 0
+        while true {
+            let due = try await service.catalog.dueDrills(now: now, limit: batchSize)
+            for database in due {
+                guard let period = database.restoreDrills.period else { continue }
+                if let backup = try await service.catalog.enqueueDrill(
+                    databaseID: database.id, jobID: service.ids.make(.job), now: now, next: now.addingTimeInterval(period),
+                    retryWithoutBackup: now.addingTimeInterval(3600)) {
+                    logger.info("restore drill queued", metadata: ["database.id": "\(database.id)", "backup.id": "\(backup)"])
+                    queued += 1
+                }
+            }
+            if due.count < batchSize { break }
+        }
+        return queued
     }
 
     func enqueue(_ database: ManagedDatabase, now: Date) async throws -> Bool {

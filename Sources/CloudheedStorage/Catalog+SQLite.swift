@@ -129,6 +129,7 @@ public final class SQLiteCatalog: Catalog {
             }
         }
         registerWebhookMigration(&migrator)
+        registerDrillMigration(&migrator)
         return migrator
     }
 
@@ -224,13 +225,13 @@ public final class SQLiteCatalog: Catalog {
         try db.execute(
             sql: """
                 INSERT INTO databases (id, account_id, name, tier, engine, status, window_start_minute, window_minutes,
-                    location, created_at, deleted_at, next_backup_at, error_code, error_message)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    location, created_at, deleted_at, next_backup_at, error_code, error_message, restore_drills, next_drill_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
             arguments: [
                 d.id, d.accountID, d.name, d.tier.rawValue, d.engine.rawValue, d.status.rawValue,
                 d.backupWindow.startMinute, d.backupWindow.durationMinutes, d.location, ms(d.createdAt),
-                d.deletedAt.map(ms), ms(d.nextBackupAt), d.error?.code, d.error?.message,
+                d.deletedAt.map(ms), ms(d.nextBackupAt), d.error?.code, d.error?.message, d.restoreDrills.rawValue, d.nextDrillAt.map(ms),
             ])
     }
 
@@ -282,9 +283,16 @@ public final class SQLiteCatalog: Catalog {
             }
             if let window = changes.backupWindow { database.backupWindow = window }
             if let next = changes.nextBackupAt { database.nextBackupAt = next }
+            if let drills = changes.restoreDrills {
+                database.restoreDrills = drills
+                database.nextDrillAt = changes.nextDrillAt
+            }
             try db.execute(
-                sql: "UPDATE databases SET tier = ?, window_start_minute = ?, window_minutes = ?, next_backup_at = ? WHERE id = ?",
-                arguments: [database.tier.rawValue, database.backupWindow.startMinute, database.backupWindow.durationMinutes, ms(database.nextBackupAt), id])
+                sql: "UPDATE databases SET tier = ?, window_start_minute = ?, window_minutes = ?, next_backup_at = ?, restore_drills = ?, next_drill_at = ? WHERE id = ?",
+                arguments: [
+                    database.tier.rawValue, database.backupWindow.startMinute, database.backupWindow.durationMinutes, ms(database.nextBackupAt),
+                    database.restoreDrills.rawValue, database.nextDrillAt.map(ms), id,
+                ])
             return database
         }
     }
@@ -523,7 +531,9 @@ public final class SQLiteCatalog: Catalog {
 
     // MARK: Jobs
 
-    public func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob? {
+    public func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int, kinds: Set<JobKind>) async throws -> ClaimedJob? {
+        let kindList = kinds.map(\.rawValue).sorted()
+        let placeholders = Array(repeating: "?", count: kindList.count).joined(separator: ",")
         let nowMs = ms(now)
         let until = now.addingTimeInterval(leaseDuration.seconds)
         return try await pool.write { db in
@@ -541,10 +551,10 @@ public final class SQLiteCatalog: Catalog {
             guard let row = try Row.fetchOne(
                 db,
                 sql: """
-                    SELECT * FROM jobs WHERE status = 'pending' OR (status = 'running' AND lease_expires_at <= ?)
+                    SELECT * FROM jobs WHERE kind IN (\(placeholders)) AND (status = 'pending' OR (status = 'running' AND lease_expires_at <= ?))
                     ORDER BY seq LIMIT 1
                     """,
-                arguments: [nowMs])
+                arguments: StatementArguments(kindList) + [nowMs])
             else { return nil }
             let id: String = row["id"]
             let attempts: Int = row["attempts"] + 1
@@ -560,7 +570,7 @@ public final class SQLiteCatalog: Catalog {
                     arguments: [nowMs, subject])
             case .restore:
                 try db.execute(sql: "UPDATE restores SET status = 'in_progress' WHERE id = ?", arguments: [subject])
-            case .verify:
+            case .verify, .drill:
                 break
             }
             return ClaimedJob(id: id, kind: kind, subjectID: subject, attempt: attempts, leaseToken: leaseToken, leaseExpiresAt: until)
@@ -603,9 +613,9 @@ public final class SQLiteCatalog: Catalog {
             try db.execute(
                 sql: """
                     UPDATE backups SET status = 'completed', completed_at = ?, object_key = ?, size_bytes = ?, checksum = ?, stored_bytes = ?,
-                        error_code = NULL, error_message = NULL WHERE id = ?
+                        table_counts = ?, error_code = NULL, error_message = NULL WHERE id = ?
                     """,
-                arguments: [atMs, object.key, object.sizeBytes, object.checksum, object.storedBytes, subject])
+                arguments: [atMs, object.key, object.sizeBytes, object.checksum, object.storedBytes, object.tableCounts?.json, subject])
             try backupEvent(.backupCompleted, subject, at: at, db)
             return true
         case (.backup, .failed(let error)):
@@ -639,8 +649,14 @@ public final class SQLiteCatalog: Catalog {
         case (.verify, .failed):
             // Verification could not run; what was known of the backup stays as it was.
             return try Bool.fetchOne(db, sql: "SELECT 1 FROM backups WHERE id = ?", arguments: [subject]) != nil
+        case (.drill, .drilled(let result)):
+            return try applyDrill(result, backupID: subject, db)
+        case (.drill, .failed(let error)):
+            // The drill could not finish (its worker kept dying): the backup is not proven restorable.
+            return try applyDrill(DrillResult(at: at, result: .failed, durationMs: 0, error: error), backupID: subject, db)
         case (.backup, .restoreCompleted), (.backup, .verified), (.restore, .backupCompleted), (.restore, .verified),
-             (.verify, .backupCompleted), (.verify, .restoreCompleted):
+             (.verify, .backupCompleted), (.verify, .restoreCompleted), (.drill, .backupCompleted), (.drill, .restoreCompleted),
+             (.drill, .verified), (.backup, .drilled), (.restore, .drilled), (.verify, .drilled):
             preconditionFailure("outcome \(outcome) does not fit a \(kind) job")
         }
     }
@@ -670,7 +686,7 @@ public final class SQLiteCatalog: Catalog {
         switch job.kind {
         case .backup: table = "backups"
         case .restore: table = "restores"
-        case .verify: return
+        case .verify, .drill: return
         }
         try await pool.write { db in
             try db.execute(
@@ -727,7 +743,9 @@ public final class SQLiteCatalog: Catalog {
             // The schema's CHECK constraints hold the same bounds as the initializer.
             backupWindow: try! BackupWindow(startMinute: start, durationMinutes: minutes),
             location: row["location"], createdAt: date(row["created_at"]), deletedAt: (row["deleted_at"] as Int64?).map(date),
-            nextBackupAt: date(row["next_backup_at"]), error: errorInfo(row))
+            nextBackupAt: date(row["next_backup_at"]), error: errorInfo(row),
+            restoreDrills: RestoreDrills(rawValue: row["restore_drills"] ?? "") ?? .weekly, nextDrillAt: (row["next_drill_at"] as Int64?).map(date),
+            lastDrill: drill(row))
     }
 
     /// The progress columns of an in-progress backup or restore (started: the backup's start).
@@ -740,7 +758,9 @@ public final class SQLiteCatalog: Catalog {
     static func backup(_ row: Row) -> Backup {
         var object: StoredObject?
         if let key: String = row["object_key"], let size: Int64 = row["size_bytes"], let checksum: String = row["checksum"] {
-            object = StoredObject(key: key, sizeBytes: size, checksum: checksum, storedBytes: row["stored_bytes"] ?? 0)
+            object = StoredObject(
+                key: key, sizeBytes: size, checksum: checksum, storedBytes: row["stored_bytes"] ?? 0,
+                tableCounts: (row["table_counts"] as String?).flatMap(TableCounts.parse(json:)))
         }
         var backup = Backup(
             id: row["id"], accountID: row["account_id"], databaseID: row["database_id"], name: row["name"],
@@ -751,6 +771,7 @@ public final class SQLiteCatalog: Catalog {
             error: errorInfo(row), integrity: BackupIntegrity(rawValue: row["integrity"]) ?? .unverified,
             verifiedAt: (row["verified_at"] as Int64?).map(date))
         backup.progress = progress(row, status: row["status"], started: backup.startedAt)
+        backup.lastDrill = drill(row)
         return backup
     }
 

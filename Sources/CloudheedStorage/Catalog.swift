@@ -33,7 +33,12 @@ public struct DatabaseChanges: Sendable {
     public var backupWindow: BackupWindow?
     /// The next occurrence due, recomputed by the caller when the window changes.
     public var nextBackupAt: Date?
-    public init(tier: Tier? = nil, backupWindow: BackupWindow? = nil, nextBackupAt: Date? = nil) {
+    /// A new drill setting, with the next drill due (nil when off).
+    public var restoreDrills: RestoreDrills?
+    public var nextDrillAt: Date?
+    public init(tier: Tier? = nil, backupWindow: BackupWindow? = nil, nextBackupAt: Date? = nil, restoreDrills: RestoreDrills? = nil, nextDrillAt: Date? = nil) {
+        self.restoreDrills = restoreDrills
+        self.nextDrillAt = nextDrillAt
         self.tier = tier
         self.backupWindow = backupWindow
         self.nextBackupAt = nextBackupAt
@@ -116,7 +121,8 @@ public protocol Catalog: Sendable {
     // MARK: Jobs
     /// Claims the oldest runnable job: pending, or running under an expired lease (its worker died).
     /// A job whose lease expired after `maxAttempts` attempts is failed instead, with its subject.
-    func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob?
+    /// Only jobs of `kinds` are claimed: drills have a lane of their own, so they never hold up a backup.
+    func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int, kinds: Set<JobKind>) async throws -> ClaimedJob?
     /// Extends the lease to `duration` from the moment the catalog applies it (not from when the
     /// call was made, which may be long before under a busy writer); false when it is no longer ours.
     func renewLease(jobID: String, leaseToken: String, clock: any WallClock, duration: Duration) async throws -> Bool
@@ -132,6 +138,14 @@ public protocol Catalog: Sendable {
     func oldestPendingJob() async throws -> Date?
     /// Available databases created before `cutoff` without a backup completed since.
     func databasesWithoutBackup(since cutoff: Date) async throws -> Int
+
+    // MARK: Restore drills
+    /// Available databases with drills on whose next drill is due.
+    func dueDrills(now: Date, limit: Int) async throws -> [ManagedDatabase]
+    /// Queues a drill of the database's latest completed backup and moves its next drill to
+    /// `next`; returns the backup's id. Without a completed backup it only moves the next drill
+    /// to `retryWithoutBackup`, and returns nil (as it does when a drill of that backup is queued already).
+    func enqueueDrill(databaseID: String, jobID: String, now: Date, next: Date, retryWithoutBackup: Date) async throws -> String?
 
     // MARK: Webhooks
     // Events are enqueued by `finishJob` in the transaction that records the outcome, one
@@ -151,6 +165,13 @@ public protocol Catalog: Sendable {
     func recordDeliveryAttempt(_ delivery: DueDelivery, attempt: DeliveryAttempt, retryAt: Date?) async throws
     /// Removes finished deliveries older than `before`; returns how many.
     func pruneDeliveries(before: Date) async throws -> Int
+}
+
+extension Catalog {
+    /// Claims a job of any kind.
+    public func claimJob(leaseToken: String, now: Date, leaseDuration: Duration, maxAttempts: Int) async throws -> ClaimedJob? {
+        try await claimJob(leaseToken: leaseToken, now: now, leaseDuration: leaseDuration, maxAttempts: maxAttempts, kinds: Set(JobKind.allCases))
+    }
 }
 
 /// A delivery a sender holds: what to POST where, and the sealed secret to sign it with.

@@ -204,6 +204,11 @@ struct PostgresEngineTests {
         let finalTransactions = Int(try await f.postgres.superuser("SELECT count(*) FROM pgbench_history", database: source).trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
         #expect(restoredTransactions > 0, "the backup began after the writer had committed")
         #expect(finalTransactions > restoredTransactions, "the writer went on committing after the snapshot")
+        // The row counts recorded with the backup are those of the dump's own snapshot.
+        let counts = try #require(object.tableCounts)
+        #expect(counts.rows["public.pgbench_history"] == Int64(restoredTransactions))
+        #expect(counts.rows["public.pgbench_accounts"] == 500_000)
+        #expect(counts.rows.count == 4)
         try await f.engine.drop(at: source)
         try await f.engine.drop(at: target)
     }
@@ -307,6 +312,30 @@ struct PostgresEngineTests {
         #expect(fallback.pgDump.hasPrefix("/usr/lib/postgresql/") && fallback.pgRestore.hasSuffix("/pg_restore"))
         let onPath = try #require(await PostgresTools.locate(binDirectory: nil, path: TestPostgres.bin))
         #expect(onPath.pgDump == TestPostgres.bin + "/pg_dump")
+    }
+
+    @Test("A drill restores into a scratch database, counts what the backup recorded, and drops it; a damaged backup fails it, leaving nothing")
+    func drill() async throws {
+        let f = try await PostgresFixture()
+        defer { f.cleanup() }
+        let (source, _) = try await f.database(pgbenchScale: 1, sql: richSchema)
+        let object = try await f.engine.backup(at: source, into: f.repository, target: f.target())
+        let recorded = try #require(object.tableCounts)
+        #expect(recorded.rows["public.pgbench_accounts"] == 100_000)
+        let counts = try await f.engine.drill(object, from: f.repository, accountID: "acct-engine")
+        #expect(counts == recorded)
+        let leftovers = "SELECT (SELECT count(*) FROM pg_database WHERE datname LIKE 'chd_drill%') + (SELECT count(*) FROM pg_roles WHERE rolname LIKE 'chd_drill%')"
+        #expect(try await f.postgres.superuser(leftovers).trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+
+        for pack in try FileManager.default.contentsOfDirectory(atPath: f.directory + "/repository/packs") {
+            let path = f.directory + "/repository/packs/" + pack
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+            bytes[bytes.count / 2] ^= 0x01
+            try Data(bytes).write(to: URL(fileURLWithPath: path))
+        }
+        await #expect(throws: RepositoryError.self) { _ = try await f.engine.drill(object, from: f.repository, accountID: "acct-engine") }
+        #expect(try await f.postgres.superuser(leftovers).trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        try await f.engine.drop(at: source)
     }
 
     @Test("A restore that fails leaves neither database nor role behind")
