@@ -115,7 +115,8 @@ public struct Components: Sendable {
 
     public func buildRouter() -> Router<AppRequestContext> {
         let router = Router(context: AppRequestContext.self)
-        // Outermost, so it sees the status the error middleware gives; labelled by route pattern.
+        router.add(middleware: RequestIDMiddleware())
+        // Outside the error middleware, so it sees the status that gives; labelled by route pattern.
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ErrorMiddleware())
         router.get("healthz") { _, _ in json(.object([("status", .string("ok"))])) }

@@ -70,7 +70,7 @@ struct DrillRoutesTests {
             try catalog.close()
             #expect(try await tickAtNextDrill(service, api, token: token, database: id) == 1)
             try await service.runJobs()
-            var drilled = try await api.call(.get, "/v1/databases/\(id)/backups/\(backup)", token: token)
+            let drilled = try await api.call(.get, "/v1/databases/\(id)/backups/\(backup)", token: token)
             #expect(drilled["last_drill"]?["result"]?.stringValue == "failed")
             #expect(drilled["last_drill"]?["error"]?["code"]?.stringValue == "drill_row_counts_differ")
             #expect(drilled["last_drill"]?["error"]?["message"]?.stringValue?.contains("items has 300 rows, the backup recorded 301") == true)

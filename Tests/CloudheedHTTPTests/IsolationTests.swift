@@ -1,5 +1,6 @@
 import CloudheedDomain
 import Foundation
+import HTTPTypes
 import Hummingbird
 import Testing
 
@@ -58,6 +59,20 @@ struct IsolationTests {
             let unknown = try await api.call(.get, "/v1/nothing-here", token: token)
             #expect(unknown.status == .notFound)
             #expect(unknown.errorCode == "not_found")
+        }
+    }
+
+    @Test("Every response, errors included, names its request in X-Request-Id, the id its log lines carry")
+    func requestIDs() async throws {
+        try await TestService().withClient { api in
+            let (_, token) = try await api.account()
+            let ok = try await api.call(.get, "/v1/databases", token: token)
+            let denied = try await api.call(.get, "/v1/databases", token: "wrong")
+            let missing = try await api.call(.get, "/v1/nothing-here", token: token)
+            let ids = [ok, denied, missing].compactMap { $0.headers[HTTPField.Name("X-Request-Id")!] }
+            #expect(ids.count == 3)
+            #expect(Set(ids).count == 3)
+            #expect(ids.allSatisfy { !$0.isEmpty })
         }
     }
 }
