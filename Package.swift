@@ -48,6 +48,7 @@ let package = Package(
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             swiftSettings: swiftSettings
         ),
@@ -134,7 +135,12 @@ let package = Package(
         ),
         .testTarget(
             name: "CloudheedStorageTests",
-            dependencies: ["CloudheedDomain", "CloudheedStorage", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: [
+                "CloudheedDomain", "CloudheedStorage", "CloudheedTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
