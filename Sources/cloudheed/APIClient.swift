@@ -40,6 +40,9 @@ struct APIClient: Sendable {
         // A redirect could carry the Bearer token to another host: the API never redirects.
         configuration.redirectConfiguration = .disallow
         configuration.timeout = .init(connect: .seconds(10), read: .seconds(60))
+        // A refused connection fails the command at once instead of being retried until the
+        // connect timeout; `--wait` rides out a restarting service on its own (JobWait).
+        configuration.connectionPool.retryConnectionEstablishment = false
         http = HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
 

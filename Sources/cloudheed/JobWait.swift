@@ -8,13 +8,28 @@ enum JobWait {
     /// The service records progress about once a second; polling twice as often shows each change.
     static let pollInterval: Duration = .milliseconds(500)
 
+    /// How long a wait rides out a service it cannot reach (a restart hands running jobs back
+    /// and takes them up again) before it gives up with exit 3.
+    static let outageTolerance: Duration = .seconds(60)
+
     /// The last snapshot, once it is no longer running. Throws `timedOut` after `limit`.
     static func run(limit: Duration?, display: ProgressDisplay, poll: () async throws -> JobSnapshot) async throws -> JobSnapshot {
         let clock = ContinuousClock()
         let start = clock.now
         var reporter = ProgressReporter(display: display)
+        var lastAnswer = clock.now
         while true {
-            let snapshot = try await poll()
+            let snapshot: JobSnapshot
+            do {
+                snapshot = try await poll()
+                lastAnswer = clock.now
+            } catch let failure as ClientFailure
+                where failure.exit == .unavailable && lastAnswer.duration(to: clock.now) < outageTolerance
+                && limit.map({ start.duration(to: clock.now) < $0 }) ?? true
+            {
+                try await Task.sleep(for: pollInterval * 2)
+                continue
+            }
             let elapsed = start.duration(to: clock.now)
             reporter.show(snapshot, elapsed: elapsed.seconds)
             if snapshot.phase != .running { return snapshot }
