@@ -247,4 +247,32 @@ struct CLITests {
             }
         }
     }
+
+    @Test("--wait rides out a restart of the service: the backup handed back at shutdown completes after it, and the wait ends with exit 0")
+    func waitAcrossRestart() async throws {
+        let server = try LiveServer.make()
+        defer { server.removeData() }
+        try await withThrowingTaskGroup(of: CLIRun.self) { group in
+            // Given a client waiting for a backup that is running
+            let (cli, id) = try await server.run { server in
+                let (token, id) = try await server.api.bigDatabase(admin: server.admin, rows: 48000)
+                let cli = CLI(url: server.url, token: token)
+                group.addTask { try await cli.run("backups", "create", id, "--wait", "--json") }
+                _ = try await server.api.poll("/v1/databases/\(id)/backups", token: token) {
+                    $0["backups"]?.arrayValue?.first?["status"]?.stringValue == "in_progress"
+                }
+                return (cli, id)
+            }
+            // When the service stops (SIGTERM) and starts again two seconds later, polls failing meanwhile
+            try await Task.sleep(for: .seconds(2))
+            try await server.run { server in
+                let waited = try #require(try await group.next())
+                // Then the wait ends with the backup completed
+                #expect(waited.status == .exited(0), "\(waited.stdout)\(waited.stderr)")
+                #expect(waited.json?["status"]?.stringValue == "completed", "\(waited.stdout)")
+                let listed = try await cli.run("backups", "list", id, "--json")
+                #expect(listed.json?["backups"]?.arrayValue?.count == 1)
+            }
+        }
+    }
 }

@@ -87,13 +87,37 @@ func runCloudheed(_ arguments: [String]) async throws -> (status: TerminationSta
 
 
 /// A `cloudheed serve` of a test's own: a free loopback port, a temporary data directory and a
-/// known admin token.
+/// known admin token. It can be run more than once on the same port and data (a restart).
 struct LiveServer: Sendable {
     let api: LiveAPI
     let admin: String
     let directory: String
+    let port: Int
 
     var url: String { api.base }
+
+    static func make() throws -> LiveServer {
+        let port = try freeLoopbackPort()
+        return LiveServer(
+            api: LiveAPI(base: "http://127.0.0.1:\(port)"), admin: "live-test-admin-token-\(UUID().uuidString)",
+            directory: NSTemporaryDirectory() + "cloudheed-live-\(UUID().uuidString)", port: port)
+    }
+
+    /// Runs the service for as long as `body` runs, then stops it gracefully (SIGTERM).
+    func run<T: Sendable>(workers: Int = 1, _ body: (LiveServer) async throws -> T) async throws -> T {
+        let run = try await Subprocess.run(
+            .path(FilePath(try cloudheedBinary())),
+            arguments: ["serve", "--data-dir", directory, "--port", "\(port)", "--workers", "\(workers)", "--log-level", "error"],
+            environment: .inherit.updating(["CLOUDHEED_ADMIN_TOKEN": admin]), input: .none, output: .discarded, error: .discarded
+        ) { execution in
+            defer { try? execution.send(signal: .terminate) }
+            try await api.waitUntilHealthy()
+            return try await body(self)
+        }
+        return run.closureResult
+    }
+
+    func removeData() { try? FileManager.default.removeItem(atPath: directory) }
 
     /// A new account's token.
     func account(_ name: String = "live") async throws -> String {
@@ -103,20 +127,9 @@ struct LiveServer: Sendable {
     }
 }
 
-/// Runs `body` against a fresh server, stopped gracefully (SIGTERM) and its data removed afterwards.
+/// Runs `body` against a fresh server, stopped and its data removed afterwards.
 func withLiveServer<T: Sendable>(workers: Int = 1, _ body: (LiveServer) async throws -> T) async throws -> T {
-    let directory = NSTemporaryDirectory() + "cloudheed-live-\(UUID().uuidString)"
-    defer { try? FileManager.default.removeItem(atPath: directory) }
-    let port = try freeLoopbackPort()
-    let server = LiveServer(api: LiveAPI(base: "http://127.0.0.1:\(port)"), admin: "live-test-admin-token-\(UUID().uuidString)", directory: directory)
-    let run = try await Subprocess.run(
-        .path(FilePath(try cloudheedBinary())),
-        arguments: ["serve", "--data-dir", directory, "--port", "\(port)", "--workers", "\(workers)", "--log-level", "error"],
-        environment: .inherit.updating(["CLOUDHEED_ADMIN_TOKEN": server.admin]), input: .none, output: .discarded, error: .discarded
-    ) { execution in
-        defer { try? execution.send(signal: .terminate) }
-        try await server.api.waitUntilHealthy()
-        return try await body(server)
-    }
-    return run.closureResult
+    let server = try LiveServer.make()
+    defer { server.removeData() }
+    return try await server.run(workers: workers, body)
 }
