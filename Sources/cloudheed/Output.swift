@@ -69,7 +69,7 @@ enum Format {
         case .double(let d)?: String(d)
         case .bool(let b)?: b ? "true" : "false"
         case .array(let items)?: items.map { text($0) }.joined(separator: ", ")
-        case .object?: String(decoding: value!.serialized(), as: UTF8.self)
+        case .object(let pairs)?: String(decoding: JSONValue.object(pairs).serialized(), as: UTF8.self)
         }
     }
 

@@ -26,11 +26,11 @@ struct RateMeter {
     private var latest: (seconds: Double, bytes: Int64)?
 
     mutating func add(bytes: Int64, at seconds: Double) {
-        guard first != nil else {
+        guard let first else {
             first = (seconds, bytes)
             return
         }
-        if bytes != latest?.bytes ?? first!.bytes { latest = (seconds, bytes) }
+        if bytes != (latest ?? first).bytes { latest = (seconds, bytes) }
     }
 
     /// Bytes a second, once the bytes have moved at least once since the first sample.
