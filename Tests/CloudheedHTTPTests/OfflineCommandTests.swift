@@ -7,14 +7,6 @@ import Subprocess
 import SystemPackage
 import Testing
 
-/// Runs the real binary and collects what it printed and how it exited.
-func runCloudheed(_ arguments: [String]) async throws -> (status: TerminationStatus, output: String) {
-    let result = try await Subprocess.run(
-        .path(FilePath(try cloudheedBinary())), arguments: Arguments(arguments), environment: .inherit.updating(["CLOUDHEED_MASTER_KEY": nil]),
-        output: .string(limit: 1 << 20), error: .string(limit: 1 << 20))
-    return (result.terminationStatus, result.standardOutput + result.standardError)
-}
-
 @Suite("Offline commands of the real binary")
 struct OfflineCommandTests {
     @Test("cloudheed verify checks every backup, exits 1 naming the backup and pack on damage; keys rotate keeps every backup readable")
