@@ -40,11 +40,14 @@ struct Databases: AsyncParsableCommand {
         var engine: EngineKind?
         @Option(help: ArgumentHelp("Daily UTC window for automatic backups, at least 30 minutes. Default: one hour chosen by the service.", valueName: "HH:MM-HH:MM"))
         var backupWindow: String?
+        @Option(help: ArgumentHelp("How often the service restores the latest backup to prove it works: off, weekly or daily. Default weekly.", valueName: "off|weekly|daily"))
+        var restoreDrills: String?
 
         func run() async throws {
             var body: [(String, JSONValue)] = [("name", .string(name)), ("tier", .string(tier.rawValue))]
             if let engine { body.append(("engine", .string(engine.rawValue))) }
             if let backupWindow { body.append(("backup_window", .string(backupWindow))) }
+            if let restoreDrills { body.append(("restore_drills", .string(restoreDrills))) }
             try await options.run { client in
                 let response = try await client.post("/v1/databases", .object(body))
                 if options.json { return Console.json(response) }

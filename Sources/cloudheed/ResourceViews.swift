@@ -22,8 +22,20 @@ enum DatabaseView {
             ("connection", Format.text(d["connection"]?["uri"])),
             ("created_at", Format.text(d["created_at"])),
             ("deleted_at", Format.text(d["deleted_at"])),
+            ("restore_drills", Format.text(d["restore_drills"])),
+            ("next_drill_at", Format.text(d["next_drill_at"])),
+            ("last_drill", drill(d["last_drill"])),
             ("error", Format.error(d["error"])),
         ])
+    }
+}
+
+extension DatabaseView {
+    /// "passed at <time> (1234 ms)", or the failure with its error; "-" before the first drill.
+    static func drill(_ d: JSONValue?) -> String {
+        guard let d, let result = d["result"]?.stringValue else { return "-" }
+        let line = "\(result) at \(Format.text(d["at"])) (\(Format.text(d["duration_ms"])) ms)"
+        return result == "passed" ? line : line + ": " + Format.error(d["error"])
     }
 }
 
@@ -56,6 +68,7 @@ enum BackupView {
             ("expires_at", Format.text(b["expires_at"])),
             ("integrity", Format.text(b["integrity"])),
             ("verified_at", Format.text(b["verified_at"])),
+            ("last_drill", DatabaseView.drill(b["last_drill"])),
             ("error", Format.error(b["error"])),
         ])
     }

@@ -175,6 +175,46 @@ struct CLITests {
         }
     }
 
+    @Test("Webhooks through the client: create shows the secret once, list and show, deliveries of a failed backup, delete; restore drills set on create")
+    func webhooks() async throws {
+        try await withLiveServer { server in
+            let cli = CLI(url: server.url, token: try await server.account())
+            let created = try await cli.run("webhooks", "create", "http://127.0.0.1:9/hook", "--event", "backup.failed,drill.failed", "--description", "pager", "--json")
+            #expect(created.status == .exited(0), "\(created.stderr)")
+            let id = try #require(created.json?["id"]?.stringValue)
+            #expect(created.json?["secret"]?.stringValue?.hasPrefix("whsec_") == true)
+            #expect(created.json?["events"] == .array([.string("backup.failed"), .string("drill.failed")]))
+            let table = try await cli.run("webhooks", "list")
+            #expect(table.status == .exited(0))
+            #expect(table.stdout.contains(id) && table.stdout.contains("http://127.0.0.1:9/hook"), "\(table.stdout)")
+            #expect(!table.stdout.contains("whsec_"))
+            let shown = try await cli.run("webhooks", "show", id)
+            #expect(shown.stdout.contains("pager"))
+
+            let database = try #require(try await cli.run("databases", "create", "hooked", "--tier", "micro", "--restore-drills", "daily", "--json").json)
+            #expect(database["restore_drills"]?.stringValue == "daily")
+            let databaseID = try #require(database["id"]?.stringValue)
+            try FileManager.default.removeItem(atPath: try filePath(ofURI: database["connection"]?["uri"]?.stringValue))
+            #expect(try await cli.run("backups", "create", databaseID, "--wait").status == .exited(4))
+            var deliveries: JSONValue?
+            for _ in 0..<100 {
+                deliveries = try await cli.run("webhooks", "deliveries", id, "--json").json
+                if deliveries?["deliveries"]?.arrayValue?.first?["attempts"]?.arrayValue?.isEmpty == false { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            let delivery = try #require(deliveries?["deliveries"]?.arrayValue?.first)
+            #expect(delivery["event"]?.stringValue == "backup.failed")
+            #expect(delivery["attempts"]?.arrayValue?.first?["error"]?.stringValue != nil)
+            let people = try await cli.run("webhooks", "deliveries", id)
+            #expect(people.stdout.contains("backup.failed"), "\(people.stdout)")
+
+            #expect(try await cli.run("webhooks", "delete", id).status == .exited(0))
+            let gone = try await cli.run("webhooks", "show", id)
+            #expect(gone.status == .exited(1))
+            #expect(gone.stderr.contains("(webhook_not_found)"), "\(gone.stderr)")
+        }
+    }
+
     @Test("A service that cannot be reached exits 3 at once, naming the URL")
     func unreachable() async throws {
         // A port nothing listens on.
