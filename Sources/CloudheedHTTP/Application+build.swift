@@ -22,6 +22,8 @@ public struct ServeConfiguration: Sendable {
     public var postgresBinDirectory: String?
     /// `CLOUDHEED_METRICS_TOKEN`: when set, `/metrics` requires it.
     public var metricsToken: String?
+    /// `--storage s3://...`: the bucket backup data goes to; nil keeps it in `<data-dir>/repository`.
+    public var s3: S3Configuration?
 
     public init(
         dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
@@ -83,7 +85,7 @@ public struct Components: Sendable {
     public static func make(
         dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
         compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, metricsToken: String? = nil, garbageGrace: TimeInterval = 3600,
-        clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
+        blobs: (any BlobStore)? = nil, clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
         _ = MetricsExport.registry  // swift-metrics bootstrapped, once per process
         let root = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
@@ -92,8 +94,9 @@ public struct Components: Sendable {
         // Scratch files belong to jobs of an earlier run; their jobs restart from scratch.
         try? FileManager.default.removeItem(atPath: scratch)
         let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
-        let repository = try DedupRepository.local(
-            root: root + "/repository", catalog: catalog, masterKey: masterKey, clock: clock, ids: ids, compression: compression, grace: garbageGrace)
+        let repository = DedupRepository(
+            index: catalog, blobs: try blobs ?? FileBlobStore(root: root + "/repository"), keyRing: KeyRing(master: masterKey, store: catalog),
+            clock: clock, ids: ids, compression: compression, grace: garbageGrace)
         let sqlite: any DatabaseEngine = try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)
         let engines = EngineRegistry([sqlite] + (postgres.map { [$0] } ?? []))
         let service = BackupService(
@@ -120,6 +123,20 @@ public struct Components: Sendable {
         router.add(middleware: MetricsMiddleware())
         router.add(middleware: ErrorMiddleware())
         router.get("healthz") { _, _ in json(.object([("status", .string("ok"))])) }
+        // Readiness: the catalog and the object storage, each checked on its own.
+        let service = self.service
+        router.get("healthz/ready") { _, context in
+            var catalog = "ok", storage = "ok"
+            do { _ = try await service.catalog.jobCounts() } catch { catalog = "unreachable" }
+            do { try await service.repository.probeStorage() } catch {
+                storage = "unreachable"
+                context.logger.warning("storage probe failed", metadata: ["error": "\(error)"])
+            }
+            let ready = catalog == "ok" && storage == "ok"
+            return json(
+                .object([("status", .string(ready ? "ready" : "unavailable")), ("catalog", .string(catalog)), ("storage", .string(storage))]),
+                status: ready ? .ok : .serviceUnavailable)
+        }
         // The contract, without auth: clients and contract tests read it from the service itself.
         let document = Self.openAPIDocument
         router.get("v1/openapi.json") { _, _ in
@@ -216,8 +233,8 @@ public func buildApplication(
     }
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
-        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken, clock: clock, ids: ids,
-        logger: logger)
+        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken,
+        blobs: configuration.s3.map { S3BlobStore(configuration: $0) }, clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(

@@ -64,6 +64,8 @@ public protocol BackupRepository: Sendable {
     /// derived from the account's data key, bound to `context`; deleting the account destroys it.
     func sealSecret(_ secret: [UInt8], accountID: String, context: String) async throws -> [UInt8]
     func openSecret(_ sealed: [UInt8], accountID: String, context: String) async throws -> [UInt8]
+    /// Throws when the object storage cannot be reached.
+    func probeStorage() async throws
 }
 
 public struct RepositoryEntry: Sendable, Equatable {

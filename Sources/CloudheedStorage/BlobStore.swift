@@ -16,6 +16,8 @@ public protocol BlobStore: Sendable {
     func get(_ key: String) async throws -> [UInt8]
     func delete(_ key: String) async throws
     func list(prefix: String) async throws -> [RepositoryEntry]
+    /// Throws when the storage cannot be reached or written (for `/healthz/ready`).
+    func probe() async throws
 }
 
 /// Objects as files under a root directory; keys like `packs/<id>` become subdirectories.
@@ -84,6 +86,10 @@ public struct FileBlobStore: BlobStore {
             throw RepositoryError.io("cannot write object \(key)", errno: failure)
         }
         if sync { FileSync.directory(directory) }
+    }
+
+    public func probe() async throws {
+        guard access(root, W_OK) == 0 else { throw RepositoryError.io("cannot write to \(root)", errno: errno) }
     }
 
     public func get(_ key: String) async throws -> [UInt8] {

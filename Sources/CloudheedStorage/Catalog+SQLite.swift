@@ -21,6 +21,17 @@ public final class SQLiteCatalog: Catalog {
         try Self.migrator.migrate(pool)
     }
 
+    /// Runs the migrations the catalog at `path` has not had yet; returns their names.
+    public static func migrate(path: String) throws -> [String] {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        let pool = try DatabasePool(path: path, configuration: configuration)
+        defer { try? pool.close() }
+        let pending = try pool.read { db in try migrator.appliedIdentifiers(db) }
+        try migrator.migrate(pool)
+        return migrator.migrations.filter { !pending.contains($0) }
+    }
+
     static var migrator: DatabaseMigrator {
         var migrator = DatabaseMigrator()
         migrator.registerMigration("v1") { db in

@@ -764,6 +764,10 @@ public struct DedupRepository: BackupRepository {
         }
     }
 
+    public func probeStorage() async throws {
+        try await blobs.probe()
+    }
+
     public func forgetKeys(accountID: String) {
         keyRing.forget(accountID: accountID)
     }

@@ -123,6 +123,11 @@ public final class S3BlobStore: BlobStore {
         return entries
     }
 
+    /// One signed request: a missing object answers 404 when the bucket is there and the keys are accepted.
+    public func probe() async throws {
+        _ = try await send(.GET, key: "health-probe", accept: [200, 404], attempts: 1, timeout: .seconds(5))
+    }
+
     /// Creates the bucket (tests and first set-up); an existing bucket of ours is fine.
     public func createBucket() async throws {
         _ = try await send(.PUT, key: nil, accept: [200, 409])
@@ -170,14 +175,16 @@ public final class S3BlobStore: BlobStore {
 
     /// One request, signed afresh for each attempt, retried while S3 or the network fails transiently.
     func send(
-        _ method: HTTPMethod, key: String?, query: [(String, String)] = [], body: [UInt8] = [], accept: Set<Int>
+        _ method: HTTPMethod, key: String?, query: [(String, String)] = [], body: [UInt8] = [], accept: Set<Int>,
+        attempts: Int? = nil, timeout: TimeAmount = .seconds(60)
     ) async throws -> S3Response {
+        let maxAttempts = attempts ?? self.maxAttempts
         var attempt = 0
         while true {
             attempt += 1
             let outcome: Result<S3Response, any Error>
             do {
-                outcome = .success(try await limiter.run { try await self.once(method, key: key, query: query, body: body) })
+                outcome = .success(try await limiter.run { try await self.once(method, key: key, query: query, body: body, timeout: timeout) })
             } catch {
                 outcome = .failure(error)
             }
@@ -199,7 +206,7 @@ public final class S3BlobStore: BlobStore {
         }
     }
 
-    func once(_ method: HTTPMethod, key: String?, query: [(String, String)], body: [UInt8]) async throws -> S3Response {
+    func once(_ method: HTTPMethod, key: String?, query: [(String, String)], body: [UInt8], timeout: TimeAmount) async throws -> S3Response {
         let signed = SigV4.sign(
             method: method.rawValue, url: url(key: key), query: query, payload: body, configuration: configuration, date: now())
         var request = HTTPClientRequest(url: signed.url)
@@ -209,7 +216,7 @@ public final class S3BlobStore: BlobStore {
             request.body = .bytes(ByteBuffer(bytes: body))
             request.headers.replaceOrAdd(name: "Content-Length", value: "\(body.count)")
         }
-        let response = try await client.execute(request, timeout: .seconds(60))
+        let response = try await client.execute(request, timeout: timeout)
         let bytes = try await response.body.collect(upTo: 512 << 20)
         return S3Response(status: Int(response.status.code), body: Array(bytes.readableBytesView), etag: response.headers.first(name: "ETag"))
     }

@@ -14,7 +14,7 @@ struct Cloudheed: AsyncParsableCommand {
             \(ClientExit.help)
             """,
         subcommands: [
-            Serve.self, Verify.self, Keys.self,
+            Serve.self, Migrate.self, Verify.self, Keys.self,
             Databases.self, Backups.self, Restores.self, Webhooks.self,
         ])
 }

@@ -144,3 +144,19 @@ func writeKeyFile(_ text: String, to path: String) throws {
     close(fd)
     guard ok, rename(temporary, path) == 0 else { throw ValidationError("cannot write \(path)") }
 }
+
+/// `cloudheed migrate`: brings the catalog's schema up to date and exits; `serve` does the same
+/// at start, so this is for upgrading ahead of a rolling restart.
+struct Migrate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Run the catalog's migrations and exit.")
+
+    @Option(help: "Data directory (env CLOUDHEED_DATA_DIR). Default ./cloudheed-data, created if missing.")
+    var dataDir: String?
+
+    func run() async throws {
+        let directory = dataDir ?? ProcessInfo.processInfo.environment["CLOUDHEED_DATA_DIR"] ?? "./cloudheed-data"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let applied = try SQLiteCatalog.migrate(path: directory + "/catalog.sqlite3")
+        print(applied.isEmpty ? "catalog is up to date" : "applied: " + applied.joined(separator: ", "))
+    }
+}

@@ -43,6 +43,15 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds before the first retry of a failed webhook delivery, doubling up to an hour, for a day (env CLOUDHEED_WEBHOOK_RETRY_SECONDS). Default 10.")
     var webhookRetrySeconds: Int?
 
+    @Option(help: "Where backup data goes: s3://BUCKET[/PREFIX] (env CLOUDHEED_STORAGE; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN). Default <data-dir>/repository.")
+    var storage: String?
+    @Option(help: "S3 endpoint, http(s)://HOST[:PORT] (env CLOUDHEED_S3_ENDPOINT). Default AWS's regional endpoint.")
+    var s3Endpoint: String?
+    @Option(help: "S3 region (env CLOUDHEED_S3_REGION). Default us-east-1.")
+    var s3Region: String?
+    @Flag(help: "Address the bucket in the path, not the host name (env CLOUDHEED_S3_PATH_STYLE=true); MinIO and most self-hosted stores need it.")
+    var s3PathStyle = false
+
     func run() async throws {
         var flags: [AbsoluteConfigKey: ConfigValue] = [:]
         func set(_ key: AbsoluteConfigKey, _ value: ConfigContent?) {
@@ -60,6 +69,10 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.postgres.bin.dir", postgresBinDir.map { .string($0) })
         set("cloudheed.webhook.allowed.hosts", webhookAllowedHosts.map { .string($0) })
         set("cloudheed.webhook.retry.seconds", webhookRetrySeconds.map { .int($0) })
+        set("cloudheed.storage", storage.map { .string($0) })
+        set("cloudheed.s3.endpoint", s3Endpoint.map { .string($0) })
+        set("cloudheed.s3.region", s3Region.map { .string($0) })
+        if s3PathStyle { set("cloudheed.s3.path.style", .bool(true)) }
         if let postgresURL { flags["cloudheed.postgres.url"] = ConfigValue(.string(postgresURL), isSecret: true) }
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
 
@@ -80,6 +93,25 @@ struct Serve: AsyncParsableCommand {
         guard (1...3600).contains(retrySeconds) else { throw ValidationError("--webhook-retry-seconds must be 1-3600") }
         let allowedHosts = config.string(forKey: "cloudheed.webhook.allowed.hosts").map { text in
             Set(text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() }.filter { !$0.isEmpty })
+        }
+
+        var s3: S3Configuration?
+        if let location = config.string(forKey: "cloudheed.storage") {
+            guard let (bucket, prefix) = S3Configuration.parse(storage: location) else {
+                throw ValidationError("--storage must be s3://BUCKET[/PREFIX] with a valid bucket name, not '\(location)'")
+            }
+            let environment = ProcessInfo.processInfo.environment
+            guard let accessKey = environment["AWS_ACCESS_KEY_ID"], let secretKey = environment["AWS_SECRET_ACCESS_KEY"] else {
+                throw ValidationError("--storage s3://... needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
+            }
+            let endpoint = config.string(forKey: "cloudheed.s3.endpoint")
+            if let endpoint, URLComponents(string: endpoint)?.host == nil || !(endpoint.hasPrefix("http://") || endpoint.hasPrefix("https://")) {
+                throw ValidationError("--s3-endpoint must be http(s)://HOST[:PORT], not '\(endpoint)'")
+            }
+            s3 = S3Configuration(
+                bucket: bucket, prefix: prefix, endpoint: endpoint, region: config.string(forKey: "cloudheed.s3.region", default: "us-east-1"),
+                pathStyle: config.bool(forKey: "cloudheed.s3.path.style", default: false), accessKey: accessKey, secretKey: secretKey,
+                sessionToken: environment["AWS_SESSION_TOKEN"])
         }
 
         let compressionText = config.string(forKey: "cloudheed.compression", default: "3")
@@ -110,7 +142,7 @@ struct Serve: AsyncParsableCommand {
         let settings = RuntimeSettings(
             workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), defaultQuotaBytes: Int64(quota),
             webhookRetry: WebhookRetryPolicy(base: .seconds(retrySeconds)), webhookAllowedHosts: allowedHosts)
-        let serve = ServeConfiguration(
+        var serve = ServeConfiguration(
             dataDirectory: config.string(forKey: "cloudheed.data.dir", default: "./cloudheed-data"),
             host: config.string(forKey: "cloudheed.host", default: "127.0.0.1"),
             port: port,
@@ -119,6 +151,7 @@ struct Serve: AsyncParsableCommand {
             masterKey: masterKey, compression: compression, postgres: postgres,
             postgresBinDirectory: config.string(forKey: "cloudheed.postgres.bin.dir"),
             metricsToken: config.string(forKey: "cloudheed.metrics.token", isSecret: true))
+        serve.s3 = s3
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

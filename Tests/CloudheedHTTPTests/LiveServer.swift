@@ -104,11 +104,15 @@ struct LiveServer: Sendable {
     }
 
     /// Runs the service for as long as `body` runs, then stops it gracefully (SIGTERM).
-    func run<T: Sendable>(workers: Int = 1, _ body: (LiveServer) async throws -> T) async throws -> T {
+    func run<T: Sendable>(
+        workers: Int = 1, arguments: [String] = [], environment: [String: String] = [:], _ body: (LiveServer) async throws -> T
+    ) async throws -> T {
+        var variables: [Environment.Key: String?] = ["CLOUDHEED_ADMIN_TOKEN": admin]
+        for (name, value) in environment { variables[Environment.Key(stringLiteral: name)] = value }
         let run = try await Subprocess.run(
             .path(FilePath(try cloudheedBinary())),
-            arguments: ["serve", "--data-dir", directory, "--port", "\(port)", "--workers", "\(workers)", "--log-level", "error"],
-            environment: .inherit.updating(["CLOUDHEED_ADMIN_TOKEN": admin]), input: .none, output: .discarded, error: .discarded
+            arguments: Arguments(["serve", "--data-dir", directory, "--port", "\(port)", "--workers", "\(workers)", "--log-level", "error"] + arguments),
+            environment: .inherit.updating(variables), input: .none, output: .discarded, error: .discarded
         ) { execution in
             defer { try? execution.send(signal: .terminate) }
             try await api.waitUntilHealthy()
@@ -128,8 +132,10 @@ struct LiveServer: Sendable {
 }
 
 /// Runs `body` against a fresh server, stopped and its data removed afterwards.
-func withLiveServer<T: Sendable>(workers: Int = 1, _ body: (LiveServer) async throws -> T) async throws -> T {
+func withLiveServer<T: Sendable>(
+    workers: Int = 1, arguments: [String] = [], environment: [String: String] = [:], _ body: (LiveServer) async throws -> T
+) async throws -> T {
     let server = try LiveServer.make()
     defer { server.removeData() }
-    return try await server.run(workers: workers, body)
+    return try await server.run(workers: workers, arguments: arguments, environment: environment, body)
 }

@@ -672,4 +672,5 @@ struct HeaderRefusingStore: BlobStore {
     func get(_ key: String) async throws -> [UInt8] { try await inner.get(key) }
     func delete(_ key: String) async throws { try await inner.delete(key) }
     func list(prefix: String) async throws -> [RepositoryEntry] { try await inner.list(prefix: prefix) }
+    func probe() async throws { try await inner.probe() }
 }
