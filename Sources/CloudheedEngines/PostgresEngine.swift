@@ -365,11 +365,12 @@ public struct PostgresEngine: DatabaseEngine {
         return tools
     }
 
-    /// Runs `body` on a fresh admin connection to `database`; server failures become engine errors.
-    func connected<T>(to database: String, _ body: (PostgresConnection) async throws -> T) async throws -> T {
+    /// Runs `body` on a fresh admin connection to `database` (the configured one when nil);
+    /// server failures become engine errors with codes.
+    func connected<T>(to database: String? = nil, _ body: (PostgresConnection) async throws -> T) async throws -> T {
         let connection: PostgresConnection
         do {
-            connection = try await PostgresConnection.connect(configuration: server.configuration(database: database), id: 2, logger: driverLogger)
+            connection = try await PostgresConnection.connect(configuration: server.configuration(database: database), id: 1, logger: driverLogger)
         } catch {
             throw Self.serverError(error, server: server)
         }
@@ -383,22 +384,9 @@ public struct PostgresEngine: DatabaseEngine {
         }
     }
 
-    /// Runs `body` on a fresh admin connection; server failures become engine errors with codes.
+    /// Runs `body` on a fresh admin connection to the configured database.
     func admin<T>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
-        let connection: PostgresConnection
-        do {
-            connection = try await PostgresConnection.connect(configuration: server.configuration(), id: 1, logger: driverLogger)
-        } catch {
-            throw Self.serverError(error, server: server)
-        }
-        do {
-            let value = try await body(connection)
-            try? await connection.close()
-            return value
-        } catch {
-            try? await connection.close()
-            throw Self.serverError(error, server: server)
-        }
+        try await connected(to: nil, body)
     }
 
     static func serverError(_ error: any Error, server: PostgresServer) -> any Error {
