@@ -279,7 +279,7 @@ struct PostgresEngineTests {
             try await Task.sleep(for: .milliseconds(200))
             #expect(try await f.postgres.superuser("SELECT count(*) FROM pg_stat_activity WHERE datname = '\(name)' AND application_name = 'cloudheed'") == "0\n")
         } catch {
-            try? await TestPostgres.tool("umount", [small], asPostgres: false)
+            _ = try? await TestPostgres.tool("umount", [small], asPostgres: false)
             throw error
         }
         try await TestPostgres.tool("umount", [small], asPostgres: false)
