@@ -23,13 +23,12 @@ struct BackupController {
         let status = try query.get("status").map { raw throws(DomainError) in try BackupStatus.parse(String(raw)) }
         let backups = try await service.backups(
             accountID: account.id, databaseID: try context.parameters.require("id"), type: type, status: status)
-        var items: [JSONValue] = []
-        for backup in backups { items.append(try await representation(backup)) }
-        return json(.object([("backups", .array(items))]))
+        let unique = try await service.uniqueBytes(of: backups)
+        return json(.object([("backups", .array(backups.map { Representation.backup($0, uniqueBytes: unique[$0.id]) }))]))
     }
 
     func representation(_ backup: Backup) async throws -> JSONValue {
-        Representation.backup(backup, uniqueBytes: try await service.uniqueBytes(of: backup))
+        Representation.backup(backup, uniqueBytes: try await service.uniqueBytes(of: [backup])[backup.id])
     }
 
     @Sendable func verify(_ request: Request, context: AppRequestContext) async throws -> Response {

@@ -181,10 +181,11 @@ public struct BackupService: Sendable {
         return backup
     }
 
-    /// What deleting the backup would free now (0 unless completed).
-    public func uniqueBytes(of backup: Backup) async throws -> Int64? {
-        guard backup.status == .completed, let object = backup.object else { return nil }
-        return try await repository.uniqueBytes(object)
+    /// What deleting each completed backup would free now, by backup id (others are absent).
+    public func uniqueBytes(of backups: [Backup]) async throws -> [String: Int64] {
+        let completed = backups.filter { $0.status == .completed && $0.object != nil }
+        let bytes = try await repository.uniqueBytes(completed.compactMap(\.object))
+        return Dictionary(uniqueKeysWithValues: completed.map { ($0.id, bytes[$0.object!.key] ?? 0) })
     }
 
     // MARK: Restores

@@ -54,8 +54,8 @@ public protocol BackupRepository: Sendable {
     func readStream(_ object: StoredObject, accountID: String) -> AsyncThrowingStream<[UInt8], any Error>
     /// Re-reads everything the backup needs: manifests, packs, every chunk.
     func verify(_ object: StoredObject, accountID: String) async throws -> VerificationReport
-    /// What deleting the backup would free now.
-    func uniqueBytes(_ object: StoredObject) async throws -> Int64
+    /// What deleting each backup would free now, by manifest key.
+    func uniqueBytes(_ objects: [StoredObject]) async throws -> [String: Int64]
     /// Removes what no backup refers to any more; safe to interrupt and to run concurrently.
     func collectGarbage(now: Date) async throws -> GarbageReport
     /// Drops any copy of the account's keys held in memory (its data key was destroyed).

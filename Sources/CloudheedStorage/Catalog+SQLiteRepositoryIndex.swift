@@ -242,19 +242,22 @@ extension SQLiteCatalog: RepositoryIndex {
         }
     }
 
-    public func uniqueBytes(layerID: String) async throws -> Int64 {
-        try await pool.read { db in
-            // Only a layer no other backup builds on goes away with its backup.
-            guard let refs = try Int.fetchOne(db, sql: "SELECT refs FROM layers WHERE id = ?", arguments: [layerID]), refs <= 1 else { return 0 }
-            return try Int64.fetchOne(
+    public func uniqueBytes(layerIDs: [String]) async throws -> [String: Int64] {
+        guard !layerIDs.isEmpty else { return [:] }
+        return try await pool.read { db in
+            // Only a layer no other backup builds on (refs <= 1) goes away with its backup.
+            let rows = try Row.fetchAll(
                 db,
                 sql: """
-                    SELECT COALESCE(SUM(c.stored_length), 0) FROM layer_chunks lc
+                    SELECT lc.layer_id AS layer, SUM(c.stored_length) AS bytes FROM layer_chunks lc
+                    JOIN layers l ON l.id = lc.layer_id AND l.refs <= 1
                     JOIN chunks c ON c.account_id = lc.account_id AND c.id = lc.chunk_id
-                    WHERE lc.layer_id = ?
+                    WHERE lc.layer_id IN (\(Array(repeating: "?", count: layerIDs.count).joined(separator: ",")))
                       AND NOT EXISTS (SELECT 1 FROM layer_chunks o WHERE o.account_id = lc.account_id AND o.chunk_id = lc.chunk_id AND o.layer_id <> lc.layer_id)
+                    GROUP BY lc.layer_id
                     """,
-                arguments: [layerID]) ?? 0
+                arguments: StatementArguments(layerIDs))
+            return Dictionary(uniqueKeysWithValues: rows.map { ($0["layer"] as String, $0["bytes"] as Int64) })
         }
     }
 

@@ -725,8 +725,8 @@ public struct DedupRepository: BackupRepository {
         }
     }
 
-    public func uniqueBytes(_ object: StoredObject) async throws -> Int64 {
-        try await index.uniqueBytes(layerID: object.key)
+    public func uniqueBytes(_ objects: [StoredObject]) async throws -> [String: Int64] {
+        try await index.uniqueBytes(layerIDs: objects.map(\.key))
     }
 
     /// Copies the live chunks of mostly-dead packs into new packs, so the space of pages no backup

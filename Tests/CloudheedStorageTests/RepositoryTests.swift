@@ -215,14 +215,19 @@ struct RepositoryTests {
         let object = try await f.storePages(compressible)
         try await f.record(object)
         #expect(object.storedBytes > 0 && object.storedBytes < object.sizeBytes / 4)
-        #expect(try await f.repository.uniqueBytes(object) > 0)
+        #expect(try await f.repository.uniqueBytes([object])[object.key] ?? 0 > 0)
         // A child layered on it pins it: deleting it now would free nothing.
         var changed = compressible
         changed[3] = page(200)
         let child = try await f.storePages(changed, parent: object)
         try await f.record(child)
-        #expect(try await f.repository.uniqueBytes(object) == 0)
+        #expect(try await f.repository.uniqueBytes([object])[object.key] == nil)
         #expect(child.storedBytes > 0)
+        // Asked together (as a backup list does), each gets what it gets alone.
+        let alone = try await f.repository.uniqueBytes([child])[child.key]
+        #expect(alone ?? 0 > 0)
+        let together = try await f.repository.uniqueBytes([object, child])
+        #expect(together[child.key] == alone && together[object.key] == nil)
     }
 
     @Test("A delta manifest reports exactly the stored bytes a full manifest of the same data reports", arguments: [65536, 4])

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""Issue 6, benchmark 1: GET /v1/databases/{id}/backups under wrk.
+
+  python3 bench/run_api.py [--databases 10000] [--backups 40] [--bin .build/release/cloudheed]
+                           [--workdir /tmp/cloudheed-bench-api] [--connections 50] [--seconds 20]
+
+A catalog of `--databases` databases with `--backups` completed automatic backups each is made
+the way the service would have made it: the account and one database through the API, the rest
+bulk-inserted into the same SQLite catalog with the service stopped (each backup with its own
+manifest layer referencing a few chunks, some shared, so `unique_bytes` is real work). Then
+`cloudheed serve` runs and wrk asks for the backup list of a random database on every request,
+with 50 connections on loopback. Prints requests per second and latency percentiles.
+"""
+import argparse, json, os, random, shutil, signal, sqlite3, subprocess, sys, time, urllib.request
+
+TARGET_RPS, TARGET_P99_MS = 10_000, 10.0
+
+
+def call(base, method, path, token, body=None):
+    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body else None,
+                                     headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request) as response:
+        return json.loads(response.read() or b"null")
+
+
+def serve(binary, workdir, port, admin):
+    env = dict(os.environ, CLOUDHEED_ADMIN_TOKEN=admin)
+    child = subprocess.Popen([binary, "serve", "--data-dir", workdir, "--port", str(port), "--log-level", "error",
+                              "--scheduler-interval", "3600"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(300):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
+            return child
+        except Exception:
+            time.sleep(0.1)
+    child.kill()
+    sys.exit("the service did not start")
+
+
+def stop(child):
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=60)
+
+
+def fill(catalog_path, account, template, databases, backups):
+    """Bulk-inserts databases and their completed automatic backups, with layers and chunks."""
+    db = sqlite3.connect(catalog_path)
+    db.execute("PRAGMA journal_mode = WAL")
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    columns = [row[1] for row in db.execute("PRAGMA table_info(databases)") if row[1] != "seq"]
+    template_row = dict(zip(columns, db.execute(f"SELECT {', '.join(columns)} FROM databases WHERE id = ?", (template,)).fetchone()))
+    packs = [f"benchpack{p:04d}" for p in range(100)]
+    db.executemany("INSERT INTO packs (id, account_id, stored_size, plain_size, created_at) VALUES (?, ?, 4194304, 4194304, ?)",
+                   [(p, account, now) for p in packs])
+    chunk_ids = [os.urandom(32) for _ in range(40_000)]
+    db.executemany("INSERT INTO chunks (account_id, id, pack_id, offset, length, stored_length, created_at) VALUES (?, ?, ?, 0, 4096, 1500, ?)",
+                   [(account, c, packs[i % 100], now) for i, c in enumerate(chunk_ids)])
+    rng = random.Random(7)
+    for n in range(databases):
+        row = dict(template_row)
+        row.update(id=f"db-bench{n:011d}", name=f"bench-{n}", location=template_row["location"].replace(template, f"db-bench{n:011d}"),
+                   next_backup_at=now + day // 2, restore_drills="off", next_drill_at=None)
+        db.execute(f"INSERT INTO databases ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})", list(row.values()))
+        layer_rows, chunk_rows, backup_rows = [], [], []
+        for b in range(backups):
+            layer = f"bench{n:06d}l{b:03d}"
+            layer_rows.append((layer, account, now - b * day))
+            for c in rng.sample(range(len(chunk_ids)), 10):
+                chunk_rows.append((layer, account, chunk_ids[c]))
+            created = now - (b + 1) * day
+            backup_rows.append((f"backup-bench{n:06d}{b:04d}", account, row["id"], f"automatic-{b}", created, created, created + 60_000,
+                                now + 30 * day, time.strftime("%Y-%m-%d", time.gmtime(created / 1000)), layer))
+        db.executemany("""INSERT INTO layers (id, account_id, parent_id, depth, kind, page_size, entry_count, logical_size, stored_bytes,
+                          object_checksum, refs, created_at) VALUES (?, ?, NULL, 0, 'pages-full', 4096, 10, 40960, 15000, 'x', 1, ?)""", layer_rows)
+        db.executemany("INSERT OR IGNORE INTO layer_chunks (layer_id, account_id, chunk_id) VALUES (?, ?, ?)", chunk_rows)
+        db.executemany("""INSERT INTO backups (id, account_id, database_id, name, type, status, engine, created_at, started_at, completed_at,
+                          expires_at, scheduled_day, object_key, size_bytes, checksum, stored_bytes)
+                          VALUES (?, ?, ?, ?, 'automatic', 'completed', 'sqlite', ?, ?, ?, ?, ?, ?, 40960, 'x', 15000)""", backup_rows)
+        if n % 1000 == 999:
+            db.commit()
+    db.commit()
+    db.execute("ANALYZE")
+    db.close()
+
+
+def wrk(port, token, databases, connections, seconds, workdir):
+    script = os.path.join(workdir, "list.lua")
+    with open(script, "w") as f:
+        f.write(f"""
+math.randomseed(7)
+wrk.headers["Authorization"] = "Bearer {token}"
+request = function()
+  return wrk.format("GET", string.format("/v1/databases/db-bench%011d/backups", math.random(0, {databases - 1})))
+end
+""")
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script, f"http://127.0.0.1:{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(next(l.split()[1] for l in out.splitlines() if l.startswith("Requests/sec")))
+    latency = {l.split()[0]: l.split()[1] for l in out.splitlines() if l.strip().endswith("ms") or l.strip().endswith("us") or l.strip().endswith("s")}
+    non2xx = next((l for l in out.splitlines() if "Non-2xx" in l), None)
+    return rps, latency, non2xx, out
+
+
+def milliseconds(text):
+    for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[:-len(unit)]) * scale
+    return float(text)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--databases", type=int, default=10_000)
+    ap.add_argument("--backups", type=int, default=40)
+    ap.add_argument("--bin", default=".build/release/cloudheed")
+    ap.add_argument("--workdir", default="/tmp/cloudheed-bench-api")
+    ap.add_argument("--connections", type=int, default=50)
+    ap.add_argument("--seconds", type=int, default=20)
+    ap.add_argument("--port", type=int, default=18470)
+    args = ap.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install -y wrk")
+    shutil.rmtree(args.workdir, ignore_errors=True)
+    os.makedirs(args.workdir)
+    admin, base = "bench-admin-token", f"http://127.0.0.1:{args.port}"
+
+    child = serve(args.bin, args.workdir, args.port, admin)
+    created = call(base, "POST", "/v1/accounts", admin, {"name": "bench", "storage_quota_bytes": 1 << 40})
+    account, token = created["account"]["id"], created["token"]
+    template = call(base, "POST", "/v1/databases", token, {"name": "template", "tier": "large", "restore_drills": "off"})["id"]
+    stop(child)
+    started = time.perf_counter()
+    fill(os.path.join(args.workdir, "catalog.sqlite3"), account, template, args.databases, args.backups)
+    print(f"catalog: {args.databases} databases x {args.backups} backups, filled in {time.perf_counter() - started:.0f} s, "
+          f"{os.path.getsize(os.path.join(args.workdir, 'catalog.sqlite3')) / 2**20:.0f} MiB")
+
+    child = serve(args.bin, args.workdir, args.port, admin)
+    try:
+        sample = call(base, "GET", "/v1/databases/db-bench00000000042/backups", token)
+        assert len(sample["backups"]) == args.backups, sample
+        wrk(args.port, token, args.databases, args.connections, 3, args.workdir)  # warm-up
+        rps, latency, non2xx, raw = wrk(args.port, token, args.databases, args.connections, args.seconds, args.workdir)
+    finally:
+        stop(child)
+    p50, p99 = milliseconds(latency.get("50%", "0ms")), milliseconds(latency.get("99%", "0ms"))
+    print(raw)
+    print("| catalog | req/s | p50 | p99 | target |")
+    print("|---|---|---|---|---|")
+    print(f"| SQLite | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | >= {TARGET_RPS:,} req/s and p99 < {TARGET_P99_MS:.0f} ms: "
+          f"{'met' if rps >= TARGET_RPS and p99 < TARGET_P99_MS else 'missed'} |")
+    if non2xx:
+        print("WARNING:", non2xx)
+
+
+if __name__ == "__main__":
+    main()
