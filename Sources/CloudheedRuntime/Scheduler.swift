@@ -44,22 +44,19 @@ public struct Scheduler: Sendable {
         return report
     }
 
-    /// Queues a drill of each due database's latest completed backup. A database without one
-    /// yet is looked at again in an hour.
+    /// Queues a drill of each due database's latest completed backup; a database without one
+    /// yet is looked at again in an hour. One batch per tick: drills are not urgent, and a
+    /// backlog drains over the next ticks.
     func queueDrills(now: Date) async throws -> Int {
         var queued = 0
-        while true {
-            let due = try await service.catalog.dueDrills(now: now, limit: batchSize)
-            for database in due {
-                guard let period = database.restoreDrills.period else { continue }
-                if let backup = try await service.catalog.enqueueDrill(
-                    databaseID: database.id, jobID: service.ids.make(.job), now: now, next: now.addingTimeInterval(period),
-                    retryWithoutBackup: now.addingTimeInterval(3600)) {
-                    logger.info("restore drill queued", metadata: ["database.id": "\(database.id)", "backup.id": "\(backup)"])
-                    queued += 1
-                }
+        for database in try await service.catalog.dueDrills(now: now, limit: batchSize) {
+            let period = database.restoreDrills.period ?? RestoreDrills.weekly.period!
+            if let backup = try await service.catalog.enqueueDrill(
+                databaseID: database.id, jobID: service.ids.make(.job), now: now, next: now.addingTimeInterval(period),
+                retryWithoutBackup: now.addingTimeInterval(3600)) {
+                logger.info("restore drill queued", metadata: ["database.id": "\(database.id)", "backup.id": "\(backup)"])
+                queued += 1
             }
-            if due.count < batchSize { break }
         }
         return queued
     }

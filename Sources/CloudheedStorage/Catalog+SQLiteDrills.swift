@@ -51,7 +51,10 @@ extension SQLiteCatalog {
         try await pool.read { db in
             try Row.fetchAll(
                 db,
-                sql: "SELECT * FROM databases WHERE status = 'available' AND next_drill_at IS NOT NULL AND next_drill_at <= ? ORDER BY next_drill_at LIMIT ?",
+                sql: """
+                    SELECT * FROM databases WHERE status = 'available' AND restore_drills <> 'off' AND next_drill_at IS NOT NULL AND next_drill_at <= ?
+                    ORDER BY next_drill_at LIMIT ?
+                    """,
                 arguments: [ms(now), limit]
             ).map(Self.database)
         }
@@ -61,7 +64,8 @@ extension SQLiteCatalog {
         try await pool.write { db in
             // Re-checked here: the database may have been deleted, or drills turned off, since it was read.
             guard try Bool.fetchOne(
-                db, sql: "SELECT 1 FROM databases WHERE id = ? AND status = 'available' AND next_drill_at IS NOT NULL AND next_drill_at <= ?",
+                db,
+                sql: "SELECT 1 FROM databases WHERE id = ? AND status = 'available' AND restore_drills <> 'off' AND next_drill_at IS NOT NULL AND next_drill_at <= ?",
                 arguments: [databaseID, ms(now)]) != nil
             else { return nil }
             guard let backupID = try String.fetchOne(
