@@ -18,8 +18,7 @@ public struct WebhookSender: Sendable {
     let service: BackupService
     let client: HTTPClient
     let logger: Logger
-    /// How long one attempt may take: async-http-client keeps retrying a refused connection
-    /// until this deadline, so a receiver that is down costs the whole of it.
+    /// How long one attempt may take.
     static let attemptTimeout: TimeAmount = .seconds(15)
     /// Longer than an attempt can take; a sender that stopped mid-attempt holds a delivery this long at most.
     let lockDuration: Duration = .seconds(30)
@@ -36,6 +35,8 @@ public struct WebhookSender: Sendable {
         var configuration = HTTPClient.Configuration()
         configuration.redirectConfiguration = .disallow
         configuration.timeout = .init(connect: .seconds(5), read: .seconds(10))
+        // A receiver that is down fails the attempt at once; the retry schedule decides what next.
+        configuration.connectionPool.retryConnectionEstablishment = false
         configuration.decompression = .disabled
         return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
     }
@@ -129,7 +130,7 @@ public struct WebhookSender: Sendable {
     static func describe(_ error: any Error) -> String {
         if let error = error as? HTTPClientError {
             switch error {
-            case .deadlineExceeded, .readTimeout, .connectTimeout: return "no response within 15 s (the receiver is down or slow)"
+            case .deadlineExceeded, .readTimeout, .connectTimeout: return "the receiver did not answer in time"
             case .remoteConnectionClosed: return "the receiver closed the connection"
             default: return "request failed: \(error)"
             }

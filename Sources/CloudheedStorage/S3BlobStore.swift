@@ -65,7 +65,7 @@ public final class S3BlobStore: BlobStore {
     let now: @Sendable () -> Date
 
     public init(
-        configuration: S3Configuration, client: HTTPClient = .shared, maxConcurrentRequests: Int = 16,
+        configuration: S3Configuration, client: HTTPClient = S3BlobStore.sharedClient, maxConcurrentRequests: Int = 16,
         multipartThreshold: Int = 16 << 20, partSize: Int = 8 << 20, maxAttempts: Int = 8, now: @escaping @Sendable () -> Date = { Date() }
     ) {
         self.configuration = configuration
@@ -76,6 +76,17 @@ public final class S3BlobStore: BlobStore {
         self.maxAttempts = max(1, maxAttempts)
         self.now = now
     }
+
+    /// One client for every store of the process, never shut down (it lives as long as the
+    /// process). A refused connection fails the attempt at once instead of being retried by the
+    /// client until the request's deadline: our own backoff decides when to try again.
+    public static let sharedClient: HTTPClient = {
+        var configuration = HTTPClient.Configuration()
+        configuration.timeout = .init(connect: .seconds(5), read: .seconds(60))
+        configuration.connectionPool.retryConnectionEstablishment = false
+        configuration.redirectConfiguration = .disallow
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: configuration)
+    }()
 
     // MARK: BlobStore
 

@@ -1,6 +1,7 @@
 import CloudheedDomain
 import CloudheedHTTP
 import CloudheedRuntime
+import CloudheedTestSupport
 import Foundation
 import HTTPTypes
 import Hummingbird
@@ -127,6 +128,32 @@ struct WebhookRoutesTests {
                 #expect(delivery["attempts"]?.arrayValue?.map { $0["status_code"]?.intValue } == [500, 200])
                 #expect(try await api.call(.get, "/v1/webhooks/\(otherID)/deliveries", token: token)["deliveries"]?.arrayValue?.isEmpty == true)
             }
+        }
+    }
+
+    @Test("A receiver that is down fails the attempt at once, recorded without a status; the delivery stays pending for its retry")
+    func receiverDown() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let closed = try freeLoopbackPort()
+            let hook = try #require(try await api.call(.post, "/v1/webhooks", token: token, body: #"{"url":"http://127.0.0.1:\#(closed)/x","events":["backup.completed"]}"#)["id"]?.stringValue)
+            let database = try #require(try await api.database(token)["id"]?.stringValue)
+            _ = try await api.completedBackup(token, database: database)
+            // The sender's own client, as the service configures it.
+            let client = WebhookSender.makeClient()
+            let sender = WebhookSender(service: service.components.service, client: client, logger: Logger(label: "test"))
+            let started = ContinuousClock.now
+            let sent = try await sender.sendDue()
+            try await client.shutdown()
+            #expect(sent == 1)
+            #expect(ContinuousClock.now - started < .seconds(5))
+            let delivery = try #require(try await api.call(.get, "/v1/webhooks/\(hook)/deliveries", token: token)["deliveries"]?.arrayValue?.first)
+            #expect(delivery["status"]?.stringValue == "pending")
+            #expect(delivery["next_attempt_at"]?.stringValue != nil)
+            let attempt = try #require(delivery["attempts"]?.arrayValue?.first)
+            #expect(attempt["status_code"] == .null)
+            #expect(attempt["error"]?.stringValue?.contains("refused") == true, "\(attempt)")
         }
     }
 

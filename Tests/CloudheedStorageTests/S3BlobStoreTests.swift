@@ -101,6 +101,21 @@ struct S3BlobStoreTests {
         #expect(try await !store.list(prefix: "packs").isEmpty)
     }
 
+    @Test("An endpoint that refuses connections fails each attempt at once: a request gives up after its retries, in seconds, not the client's deadline")
+    func refused() async throws {
+        let store = S3BlobStore(configuration: S3Configuration(
+            bucket: "cloudheed-test", endpoint: "http://127.0.0.1:\(try freeLoopbackPort())", pathStyle: true,
+            accessKey: TestS3.accessKey, secretKey: TestS3.secretKey), maxAttempts: 3)
+        let started = ContinuousClock.now
+        do {
+            _ = try await store.get("packs/x")
+            Issue.record("a refused endpoint answered")
+        } catch let error as RepositoryError {
+            #expect(error.kind == .io)
+        }
+        #expect(ContinuousClock.now - started < .seconds(5))
+    }
+
     @Test("Transient failures are retried: through a proxy that answers 500, 503 or 429 to every other request, everything still works")
     func retries() async throws {
         let s3 = try await TestS3.start()
