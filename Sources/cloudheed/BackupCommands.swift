@@ -34,12 +34,10 @@ struct Backups: AsyncParsableCommand {
         var status: BackupStatus?
 
         func run() async throws {
-            try await options.run { client in
-                let query = APIPath.query([("type", type?.rawValue), ("status", status?.rawValue)])
-                let response = try await client.get(APIPath.backups(database) + query)
-                if options.json { return Console.json(response) }
-                Console.out(BackupView.table(response["backups"]?.arrayValue ?? []))
-            }
+            let query = APIPath.query([("type", type?.rawValue), ("status", status?.rawValue)])
+            try await options.show(
+                { client in try await client.get(APIPath.backups(database) + query) },
+                as: { BackupView.table($0["backups"]?.arrayValue ?? []) })
         }
     }
 
@@ -73,11 +71,7 @@ struct Backups: AsyncParsableCommand {
         @OptionGroup var address: BackupAddress
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get(address.path)
-                if options.json { return Console.json(response) }
-                Console.out(BackupView.details(response.json ?? .null))
-            }
+            try await options.show({ client in try await client.get(address.path) }, as: { BackupView.details($0.json ?? .null) })
         }
     }
 

@@ -46,6 +46,15 @@ struct ClientOptions: ParsableArguments {
     /// Runs `body` with a client of the service. A failure to talk to it is printed on stderr as
     /// `error: <message> (<code>)` (with `--json`, the API's error document also goes to stdout)
     /// and becomes the process's exit code.
+    /// Sends one request and prints its answer: the body unchanged with `--json`, else `render`ed for people.
+    func show(_ request: (APIClient) async throws -> APIResponse, as render: (APIResponse) -> String) async throws {
+        try await run { client in
+            let response = try await request(client)
+            if json { return Console.json(response) }
+            Console.out(render(response))
+        }
+    }
+
     func run(_ body: (APIClient) async throws -> Void) async throws {
         guard let token = token ?? ProcessInfo.processInfo.environment["CLOUDHEED_TOKEN"], !token.isEmpty else {
             throw ValidationError("no token: pass --token or set CLOUDHEED_TOKEN")

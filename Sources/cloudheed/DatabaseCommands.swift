@@ -19,11 +19,9 @@ struct Databases: AsyncParsableCommand {
         var includeDeleted = false
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get("/v1/databases" + APIPath.query([("include_deleted", includeDeleted ? "true" : nil)]))
-                if options.json { return Console.json(response) }
-                Console.out(DatabaseView.table(response["databases"]?.arrayValue ?? []))
-            }
+            try await options.show(
+                { client in try await client.get("/v1/databases" + APIPath.query([("include_deleted", includeDeleted ? "true" : nil)])) },
+                as: { DatabaseView.table($0["databases"]?.arrayValue ?? []) })
         }
     }
 
@@ -48,11 +46,9 @@ struct Databases: AsyncParsableCommand {
             if let engine { body.append(("engine", .string(engine.rawValue))) }
             if let backupWindow { body.append(("backup_window", .string(backupWindow))) }
             if let restoreDrills { body.append(("restore_drills", .string(restoreDrills))) }
-            try await options.run { client in
-                let response = try await client.post("/v1/databases", .object(body))
-                if options.json { return Console.json(response) }
-                Console.out(DatabaseView.details(response.json ?? .null))
-            }
+            try await options.show(
+                { client in try await client.post("/v1/databases", .object(body)) },
+                as: { DatabaseView.details($0.json ?? .null) })
         }
     }
 
@@ -63,11 +59,7 @@ struct Databases: AsyncParsableCommand {
         var id: String
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get(APIPath.database(id))
-                if options.json { return Console.json(response) }
-                Console.out(DatabaseView.details(response.json ?? .null))
-            }
+            try await options.show({ client in try await client.get(APIPath.database(id)) }, as: { DatabaseView.details($0.json ?? .null) })
         }
     }
 
@@ -79,11 +71,9 @@ struct Databases: AsyncParsableCommand {
         var id: String
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.delete(APIPath.database(id))
-                if options.json { return Console.json(response) }
-                Console.out(DatabaseView.details(response.json ?? .null))
-            }
+            try await options.show(
+                { client in try await client.delete(APIPath.database(id)) },
+                as: { DatabaseView.details($0.json ?? .null) })
         }
     }
 }

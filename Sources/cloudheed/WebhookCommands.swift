@@ -17,11 +17,9 @@ struct Webhooks: AsyncParsableCommand {
         @OptionGroup var options: ClientOptions
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get("/v1/webhooks")
-                if options.json { return Console.json(response) }
-                Console.out(WebhookView.table(response["webhooks"]?.arrayValue ?? []))
-            }
+            try await options.show(
+                { client in try await client.get("/v1/webhooks") },
+                as: { WebhookView.table($0["webhooks"]?.arrayValue ?? []) })
         }
     }
 
@@ -50,11 +48,9 @@ struct Webhooks: AsyncParsableCommand {
         func run() async throws {
             var body: [(String, JSONValue)] = [("url", .string(endpoint)), ("events", .array(eventNames.map { .string($0) }))]
             if let description { body.append(("description", .string(description))) }
-            try await options.run { client in
-                let response = try await client.post("/v1/webhooks", .object(body))
-                if options.json { return Console.json(response) }
-                Console.out(WebhookView.details(response.json ?? .null))
-            }
+            try await options.show(
+                { client in try await client.post("/v1/webhooks", .object(body)) },
+                as: { WebhookView.details($0.json ?? .null) })
         }
     }
 
@@ -65,11 +61,7 @@ struct Webhooks: AsyncParsableCommand {
         var id: String
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get(APIPath.webhook(id))
-                if options.json { return Console.json(response) }
-                Console.out(WebhookView.details(response.json ?? .null))
-            }
+            try await options.show({ client in try await client.get(APIPath.webhook(id)) }, as: { WebhookView.details($0.json ?? .null) })
         }
     }
 
@@ -97,11 +89,9 @@ struct Webhooks: AsyncParsableCommand {
         var id: String
 
         func run() async throws {
-            try await options.run { client in
-                let response = try await client.get(APIPath.webhook(id) + "/deliveries")
-                if options.json { return Console.json(response) }
-                Console.out(WebhookView.deliveries(response["deliveries"]?.arrayValue ?? []))
-            }
+            try await options.show(
+                { client in try await client.get(APIPath.webhook(id) + "/deliveries") },
+                as: { WebhookView.deliveries($0["deliveries"]?.arrayValue ?? []) })
         }
     }
 }
