@@ -131,17 +131,22 @@ public struct JobRunner: Sendable {
             case .verify: return try await executeVerify(job, logger: logger)
             case .drill: return try await executeDrill(job, logger: logger)
             }
-        } catch let error as DomainError {
-            return .failed(error.info)
-        } catch let error as EngineError {
-            return .failed(error.info)
-        } catch let error as RepositoryError {
-            return .failed(error.info)
         } catch is CancellationError {
             return .failed(ErrorInfo(code: "cancelled", message: "the job was cancelled"))
         } catch {
+            if let known = Self.knownFailure(error) { return .failed(known) }
             logger.error("job failed unexpectedly", metadata: ["error": "\(error)"])
             return .failed(ErrorInfo(code: "internal_error", message: "the job failed unexpectedly: \(error.localizedDescription)"))
+        }
+    }
+
+    /// The code and message of an error the domain, an engine or the repository raised; nil for any other.
+    static func knownFailure(_ error: any Error) -> ErrorInfo? {
+        switch error {
+        case let error as DomainError: error.info
+        case let error as EngineError: error.info
+        case let error as RepositoryError: error.info
+        default: nil
         }
     }
 
@@ -199,14 +204,8 @@ public struct JobRunner: Sendable {
             return result(nil)
         } catch is CancellationError {
             throw CancellationError()
-        } catch let error as DomainError {
-            return result(error.info)
-        } catch let error as EngineError {
-            return result(error.info)
-        } catch let error as RepositoryError {
-            return result(error.info)
         } catch {
-            return result(ErrorInfo(code: "drill_failed", message: "\(error)"))
+            return result(Self.knownFailure(error) ?? ErrorInfo(code: "drill_failed", message: "\(error)"))
         }
     }
 
