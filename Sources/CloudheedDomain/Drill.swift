@@ -65,14 +65,14 @@ public struct TableCounts: Sendable, Equatable, Codable {
         return problems.isEmpty ? nil : problems.prefix(5).joined(separator: "; ")
     }
 
-    public var json: String { EventValue.object(rows.mapValues { .int($0) }).json }
+    public var json: String { String(decoding: JSONValue.sortedObject(rows.mapValues { .int($0) }).serialized(), as: UTF8.self) }
 
     public static func parse(json: String) -> TableCounts? {
-        guard let object = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any] else { return nil }
+        guard case .object(let members)? = try? JSONValue.parse(Array(json.utf8)) else { return nil }
         var rows: [String: Int64] = [:]
-        for (key, value) in object {
-            guard let number = value as? NSNumber else { return nil }
-            rows[key] = number.int64Value
+        for (key, value) in members {
+            guard let count = value.intValue else { return nil }
+            rows[key] = count
         }
         return TableCounts(rows)
     }

@@ -163,75 +163,38 @@ extension Duration {
 /// The JSON body of a delivery: `{"id", "type", "created_at", "data": {...}}`, rendered once
 /// when the event happens so every attempt sends (and signs) the same bytes.
 public enum WebhookPayload {
-    public static func render(deliveryID: String, event: WebhookEvent, at: Date, data: [String: EventValue]) -> String {
-        let body: [String: EventValue] = [
-            "id": .string(deliveryID), "type": .string(event.rawValue), "created_at": .date(at), "data": .object(data),
+    public static func render(deliveryID: String, event: WebhookEvent, at: Date, data: [String: JSONValue]) -> String {
+        let body: [String: JSONValue] = [
+            "id": .string(deliveryID), "type": .string(event.rawValue), "created_at": .date(at), "data": .sortedObject(data),
         ]
-        return EventValue.object(body).json
+        return String(decoding: JSONValue.sortedObject(body).serialized(), as: UTF8.self)
     }
 
-    public static func backup(_ b: Backup) -> [String: EventValue] {
-        ["backup": .object([
+    public static func backup(_ b: Backup) -> [String: JSONValue] {
+        ["backup": .sortedObject([
             "id": .string(b.id), "database_id": .string(b.databaseID), "name": .string(b.name), "type": .string(b.type.rawValue),
             "status": .string(b.status.rawValue), "engine": .string(b.engine.rawValue), "created_at": .date(b.createdAt),
-            "completed_at": b.completedAt.map(EventValue.date) ?? .null, "size_bytes": b.sizeBytes.map(EventValue.int) ?? .null,
+            "completed_at": b.completedAt.map(JSONValue.date) ?? .null, "size_bytes": b.sizeBytes.map(JSONValue.int) ?? .null,
             "error": error(b.error),
         ])]
     }
 
-    public static func restore(_ r: Restore) -> [String: EventValue] {
-        ["restore": .object([
+    public static func restore(_ r: Restore) -> [String: JSONValue] {
+        ["restore": .sortedObject([
             "id": .string(r.id), "backup_id": .string(r.backupID), "source_database_id": .string(r.sourceDatabaseID),
             "target_database_id": .string(r.targetDatabaseID), "status": .string(r.status.rawValue),
-            "completed_at": r.completedAt.map(EventValue.date) ?? .null, "error": error(r.error),
+            "completed_at": r.completedAt.map(JSONValue.date) ?? .null, "error": error(r.error),
         ])]
     }
 
-    public static func drill(backup b: Backup, drill d: DrillResult) -> [String: EventValue] {
-        ["drill": .object([
+    public static func drill(backup b: Backup, drill d: DrillResult) -> [String: JSONValue] {
+        ["drill": .sortedObject([
             "backup_id": .string(b.id), "database_id": .string(b.databaseID), "at": .date(d.at), "result": .string(d.result.rawValue),
             "duration_ms": .int(d.durationMs), "error": error(d.error),
         ])]
     }
 
-    static func error(_ e: ErrorInfo?) -> EventValue {
-        e.map { .object(["code": .string($0.code), "message": .string($0.message)]) } ?? .null
-    }
-}
-
-/// A small JSON value for event payloads (the domain has no HTTP layer to borrow one from);
-/// objects are written with sorted keys so a payload's bytes do not depend on dictionary order.
-public indirect enum EventValue: Sendable, Equatable {
-    case string(String)
-    case int(Int64)
-    case date(Date)
-    case object([String: EventValue])
-    case null
-
-    public var json: String {
-        switch self {
-        case .string(let s): return Self.quote(s)
-        case .int(let i): return String(i)
-        case .date(let d): return Self.quote(UTCFormat.rfc3339(d))
-        case .null: return "null"
-        case .object(let members):
-            return "{" + members.keys.sorted().map { Self.quote($0) + ":" + members[$0]!.json }.joined(separator: ",") + "}"
-        }
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+    static func error(_ e: ErrorInfo?) -> JSONValue {
+        e.map { .object([("code", .string($0.code)), ("message", .string($0.message))]) } ?? .null
     }
 }

@@ -162,7 +162,7 @@ extension SQLiteCatalog {
 
     /// Queues `event` for every webhook of the account that subscribed to it. Runs inside the
     /// caller's transaction.
-    static func enqueueEvent(_ event: WebhookEvent, accountID: String, at: Date, data: [String: EventValue], _ db: GRDB.Database) throws {
+    static func enqueueEvent(_ event: WebhookEvent, accountID: String, at: Date, data: [String: JSONValue], _ db: GRDB.Database) throws {
         let hooks = try String.fetchAll(
             db, sql: "SELECT id FROM webhooks WHERE account_id = ? AND instr(events, ?) > 0 ORDER BY seq",
             arguments: [accountID, "," + event.rawValue + ","])

@@ -1,5 +1,5 @@
 import AsyncHTTPClient
-import CloudheedHTTP
+import CloudheedDomain
 import Foundation
 import NIOCore
 import NIOHTTP1

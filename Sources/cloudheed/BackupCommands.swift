@@ -1,6 +1,5 @@
 import ArgumentParser
 import CloudheedDomain
-import CloudheedHTTP
 import Foundation
 
 extension BackupType: ExpressibleByArgument {}

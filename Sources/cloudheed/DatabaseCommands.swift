@@ -1,6 +1,5 @@
 import ArgumentParser
 import CloudheedDomain
-import CloudheedHTTP
 
 extension Tier: ExpressibleByArgument {}
 extension EngineKind: ExpressibleByArgument {}

@@ -1,4 +1,4 @@
-import CloudheedHTTP
+import CloudheedDomain
 import Foundation
 
 /// `--wait`: polls a job until it ends, showing its progress. Backups and restores end in

@@ -1,4 +1,4 @@
-import CloudheedHTTP
+import CloudheedDomain
 import Foundation
 
 /// Standard output and error, written straight to the file descriptors: progress redraws and

@@ -1,4 +1,4 @@
-import CloudheedHTTP
+import CloudheedDomain
 
 /// How each API resource reads for people: the columns of its table and the lines of its
 /// details, under the API's own field names so they map onto `--json` output.

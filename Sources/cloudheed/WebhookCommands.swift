@@ -1,5 +1,5 @@
 import ArgumentParser
-import CloudheedHTTP
+import CloudheedDomain
 import Foundation
 
 /// `cloudheed webhooks list|create|show|delete|deliveries`: `/v1/webhooks`.

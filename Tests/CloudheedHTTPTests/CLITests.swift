@@ -1,3 +1,4 @@
+import CloudheedDomain
 import CloudheedHTTP
 import CloudheedTestSupport
 import Foundation

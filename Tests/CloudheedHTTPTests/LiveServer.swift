@@ -1,4 +1,5 @@
 import AsyncHTTPClient
+import CloudheedDomain
 import CloudheedHTTP
 import CloudheedTestSupport
 import Foundation

@@ -1,4 +1,3 @@
-import CloudheedDomain
 import Foundation
 
 /// A JSON document as values. Requests are decoded into it so each field's type can be checked
@@ -37,10 +36,12 @@ public enum JSONValue: Sendable, Equatable {
     public var isNull: Bool { self == .null }
     public var arrayValue: [JSONValue]? { if case .array(let a) = self { a } else { nil } }
 
-    static func optional(_ value: String?) -> JSONValue { value.map(JSONValue.string) ?? .null }
-    static func optional(_ value: Int64?) -> JSONValue { value.map(JSONValue.int) ?? .null }
-    static func optional(_ value: Date?) -> JSONValue { value.map { .string(UTCFormat.rfc3339($0)) } ?? .null }
-    static func date(_ value: Date) -> JSONValue { .string(UTCFormat.rfc3339(value)) }
+    public static func optional(_ value: String?) -> JSONValue { value.map(JSONValue.string) ?? .null }
+    public static func optional(_ value: Int64?) -> JSONValue { value.map(JSONValue.int) ?? .null }
+    public static func optional(_ value: Date?) -> JSONValue { value.map { .string(UTCFormat.rfc3339($0)) } ?? .null }
+    public static func date(_ value: Date) -> JSONValue { .string(UTCFormat.rfc3339(value)) }
+    /// An object with its keys in sorted order, for documents whose bytes must not depend on how they were built.
+    public static func sortedObject(_ members: [String: JSONValue]) -> JSONValue { .object(members.sorted { $0.key < $1.key }) }
 
     // MARK: Serialization
 
@@ -51,7 +52,7 @@ public enum JSONValue: Sendable, Equatable {
         return out
     }
 
-    func write(into out: inout [UInt8]) {
+    public func write(into out: inout [UInt8]) {
         switch self {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
@@ -77,7 +78,7 @@ public enum JSONValue: Sendable, Equatable {
         }
     }
 
-    static func writeString(_ s: String, into out: inout [UInt8]) {
+    public static func writeString(_ s: String, into out: inout [UInt8]) {
         let hex = Array("0123456789abcdef".utf8)
         out.append(UInt8(ascii: "\""))
         for byte in s.utf8 {
@@ -138,56 +139,5 @@ extension JSONValue: Decodable {
         } catch {
             throw DomainError(.badRequest, code: "invalid_json", message: "the request body is not valid JSON")
         }
-    }
-}
-
-/// The fields of a request's JSON object, read one by one with a clear error for each mistake.
-struct RequestFields {
-    let pairs: [(String, JSONValue)]
-
-    /// Accepts only an object whose keys are all in `allowed`; a misspelled field is an error, not ignored.
-    init(_ value: JSONValue, allowed: Set<String>) throws(DomainError) {
-        guard case .object(let pairs) = value else {
-            throw DomainError(.badRequest, code: "invalid_body", message: "the request body must be a JSON object")
-        }
-        if let unknown = pairs.map(\.0).first(where: { !allowed.contains($0) }) {
-            throw DomainError(.unprocessable, code: "unknown_field", message: "unknown field '\(unknown)'; allowed: \(allowed.sorted().joined(separator: ", "))")
-        }
-        self.pairs = pairs
-    }
-
-    init() { pairs = [] }
-
-    func value(_ key: String) -> JSONValue? {
-        guard let v = pairs.first(where: { $0.0 == key })?.1, v != .null else { return nil }
-        return v
-    }
-
-    func string(_ key: String) throws(DomainError) -> String? {
-        guard let v = value(key) else { return nil }
-        guard let s = v.stringValue else { throw .invalidField(key, "'\(key)' must be a string") }
-        return s
-    }
-
-    func requiredString(_ key: String) throws(DomainError) -> String {
-        guard let s = try string(key) else { throw DomainError(.unprocessable, code: "missing_\(key)", message: "'\(key)' is required") }
-        return s
-    }
-
-    func stringArray(_ key: String) throws(DomainError) -> [String]? {
-        guard let v = value(key) else { return nil }
-        guard let items = v.arrayValue, items.count <= 64 else { throw .invalidField(key, "'\(key)' must be an array of at most 64 strings") }
-        var strings: [String] = []
-        for item in items {
-            guard let s = item.stringValue else { throw .invalidField(key, "'\(key)' must be an array of strings") }
-            strings.append(s)
-        }
-        return strings
-    }
-
-    func int64(_ key: String) throws(DomainError) -> Int64? {
-        guard let v = value(key) else { return nil }
-        guard let i = v.intValue else { throw .invalidField(key, "'\(key)' must be an integer") }
-        return i
     }
 }
