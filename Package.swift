@@ -125,6 +125,8 @@ let package = Package(
             name: "CloudheedTestSupport",
             dependencies: [
                 "CloudheedEngines",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],
             swiftSettings: swiftSettings

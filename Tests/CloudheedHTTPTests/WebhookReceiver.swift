@@ -2,7 +2,6 @@ import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
-import Logging
 import CloudheedTestSupport
 import Testing
 
@@ -41,18 +40,8 @@ struct WebhookReceiver: Sendable {
             let status = await log.record(Received(headers: request.headers, body: Array(bytes.readableBytesView)))
             return Response(status: status, body: .init(byteBuffer: ByteBuffer(string: status == .ok ? "thanks" : "receiver is down for maintenance")))
         }
-        let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
-        var logger = Logger(label: "webhook-receiver")
-        // Cancelling the receiver at the end of a test is not an error worth printing.
-        logger.logLevel = .critical
-        let app = Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)),
-            onServerRunning: { _ in readyContinuation.yield() }, logger: logger)
-        return try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
-            for await _ in ready { break }
-            defer { group.cancelAll() }
-            return try await body(WebhookReceiver(url: "http://127.0.0.1:\(port)/hook", log: log))
+        return try await withLoopbackServer(router, port: port, label: "webhook-receiver") {
+            try await body(WebhookReceiver(url: "http://127.0.0.1:\(port)/hook", log: log))
         }
     }
 

@@ -4,7 +4,6 @@ import CloudheedTestSupport
 import Foundation
 import HTTPTypes
 import Hummingbird
-import Logging
 import NIOCore
 import Synchronization
 import Testing
@@ -171,16 +170,7 @@ struct FaultyProxy: Sendable {
             router.on("/", method: method, use: forward)
             router.on("**", method: method, use: forward)
         }
-        let (ready, readyContinuation) = AsyncStream<Void>.makeStream()
-        var logger = Logger(label: "faulty-proxy")
-        logger.logLevel = .critical
-        let app = Application(
-            router: router, configuration: .init(address: .hostname("127.0.0.1", port: port)),
-            onServerRunning: { _ in readyContinuation.yield() }, logger: logger)
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            group.addTask { try await app.runService(gracefulShutdownSignals: []) }
-            for await _ in ready { break }
-            defer { group.cancelAll() }
+        try await withLoopbackServer(router, port: port, label: "faulty-proxy") {
             try await body(FaultyProxy(endpoint: "http://127.0.0.1:\(port)", counter: counter))
         }
     }
