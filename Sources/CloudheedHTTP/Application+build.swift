@@ -5,6 +5,7 @@ import CloudheedStorage
 import Foundation
 import Hummingbird
 import Logging
+import ServiceLifecycle
 
 /// What `cloudheed serve` is configured with.
 public struct ServeConfiguration: Sendable {
@@ -24,6 +25,10 @@ public struct ServeConfiguration: Sendable {
     public var metricsToken: String?
     /// `--storage s3://...`: the bucket backup data goes to; nil keeps it in `<data-dir>/repository`.
     public var s3: S3Configuration?
+    /// `--catalog postgresql://...`: the catalog shared by several nodes; nil keeps `<data-dir>/catalog.sqlite3`.
+    public var catalog: PostgresCatalog.Endpoint?
+    /// `--databases-dir`: where SQLite databases live; several nodes must share it. Default `<data-dir>/databases`.
+    public var databasesDirectory: String?
 
     public init(
         dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
@@ -77,15 +82,17 @@ public struct Components: Sendable {
     public let scheduler: Scheduler
     public let collector: GarbageCollector
     public let admin: AdminToken
-    public let catalog: SQLiteCatalog
+    public let catalog: any Catalog & RepositoryIndex
     /// When set, `/metrics` requires it as a Bearer token.
     let metricsToken: AdminToken?
 
-    /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it.
+    /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it;
+    /// `catalog`, `blobs` and `databasesDirectory` replace their parts of it (several nodes share those).
     public static func make(
         dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
         compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, metricsToken: String? = nil, garbageGrace: TimeInterval = 3600,
-        blobs: (any BlobStore)? = nil, clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
+        catalog sharedCatalog: (any Catalog & RepositoryIndex)? = nil, blobs: (any BlobStore)? = nil, databasesDirectory: String? = nil,
+        clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
         _ = MetricsExport.registry  // swift-metrics bootstrapped, once per process
         let root = URL(fileURLWithPath: dataDirectory).standardizedFileURL.path
@@ -93,11 +100,11 @@ public struct Components: Sendable {
         let scratch = root + "/tmp"
         // Scratch files belong to jobs of an earlier run; their jobs restart from scratch.
         try? FileManager.default.removeItem(atPath: scratch)
-        let catalog = try SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
+        let catalog = try sharedCatalog ?? SQLiteCatalog(path: root + "/catalog.sqlite3", garbageGrace: garbageGrace)
         let repository = DedupRepository(
             index: catalog, blobs: try blobs ?? FileBlobStore(root: root + "/repository"), keyRing: KeyRing(master: masterKey, store: catalog),
             clock: clock, ids: ids, compression: compression, grace: garbageGrace)
-        let sqlite: any DatabaseEngine = try SQLiteEngine(databasesDirectory: root + "/databases", scratchDirectory: scratch)
+        let sqlite: any DatabaseEngine = try SQLiteEngine(databasesDirectory: databasesDirectory ?? root + "/databases", scratchDirectory: scratch)
         let engines = EngineRegistry([sqlite] + (postgres.map { [$0] } ?? []))
         let service = BackupService(
             catalog: catalog, repository: repository, engines: engines, clock: clock, ids: ids, signal: WorkSignal(), settings: settings)
@@ -231,10 +238,20 @@ public func buildApplication(
         if tools == nil { logger.warning("pg_dump and pg_restore were not found: PostgreSQL backups and restores will fail until they are installed") }
         postgres = PostgresEngine(server: server, tools: tools, logger: logger)
     }
+    // The shared catalog's pool is the first service, so the ServiceGroup stops it last: workers
+    // giving their jobs back at shutdown still reach the catalog.
+    var catalogServices: [any Service] = []
+    var sharedCatalog: PostgresCatalog?
+    if let endpoint = configuration.catalog {
+        let catalog = try await PostgresCatalog.open(endpoint, logger: logger)
+        catalogServices.append(catalog.service)
+        sharedCatalog = catalog
+    }
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
-        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken,
-        blobs: configuration.s3.map { S3BlobStore(configuration: $0) }, clock: clock, ids: ids, logger: logger)
+        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken, catalog: sharedCatalog,
+        blobs: configuration.s3.map { S3BlobStore(configuration: $0) }, databasesDirectory: configuration.databasesDirectory,
+        clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(
@@ -243,7 +260,7 @@ public func buildApplication(
     return Application(
         router: components.buildRouter(),
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "cloudheed"),
-        services: [workers, scheduler, webhooks],
+        services: catalogServices + [workers, scheduler, webhooks],
         onServerRunning: { _ in withExtendedLifetime(lock) {} },
         logger: logger)
 }

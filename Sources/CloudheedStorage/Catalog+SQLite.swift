@@ -196,7 +196,7 @@ public final class SQLiteCatalog: Catalog {
             guard try Bool.fetchOne(db, sql: "SELECT 1 FROM accounts WHERE id = ? AND deleted_at IS NULL", arguments: [id]) != nil else {
                 throw DomainError.accountNotFound
             }
-            let databases = try Row.fetchAll(db, sql: "SELECT * FROM databases WHERE account_id = ? AND status <> 'deleted'", arguments: [id]).map(Self.database)
+            let databases = try Row.fetchAll(db, sql: "SELECT * FROM databases WHERE account_id = ? AND status <> 'deleted'", arguments: [id]).map(CatalogRows.database)
             // Jobs first (their subjects go), then every backup, releasing its manifest.
             try db.execute(
                 sql: """
@@ -263,13 +263,13 @@ public final class SQLiteCatalog: Catalog {
 
     public func database(id: String, accountID: String) async throws -> ManagedDatabase? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(Self.database)
+            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(CatalogRows.database)
         }
     }
 
     public func database(id: String) async throws -> ManagedDatabase? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [id]).map(Self.database)
+            try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [id]).map(CatalogRows.database)
         }
     }
 
@@ -279,7 +279,7 @@ public final class SQLiteCatalog: Catalog {
                 db,
                 sql: "SELECT * FROM databases WHERE account_id = ? AND (? OR status <> 'deleted') ORDER BY created_at, seq",
                 arguments: [accountID, includeDeleted]
-            ).map(Self.database)
+            ).map(CatalogRows.database)
         }
     }
 
@@ -288,7 +288,7 @@ public final class SQLiteCatalog: Catalog {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]) else {
                 throw DomainError.databaseNotFound
             }
-            var database = Self.database(row)
+            var database = CatalogRows.database(row)
             guard database.status != .deleted else { throw DomainError.databaseDeleted }
             if let tier = changes.tier {
                 database.tier = tier
@@ -318,7 +318,7 @@ public final class SQLiteCatalog: Catalog {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ? AND account_id = ?", arguments: [id, accountID]) else {
                 throw DomainError.databaseNotFound
             }
-            let database = Self.database(row)
+            let database = CatalogRows.database(row)
             switch database.status {
             case .deleted: throw DomainError.databaseDeleted
             case .creating, .restoring: throw DomainError(.conflict, code: "database_busy", message: "the database is \(database.status.rawValue); delete it once that has finished")
@@ -334,7 +334,7 @@ public final class SQLiteCatalog: Catalog {
                 arguments: [id]) != nil {
                 throw DomainError(.conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
             }
-            let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(Self.backup)
+            let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(CatalogRows.backup)
             try db.execute(sql: "DELETE FROM jobs WHERE kind IN ('backup','verify') AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])
             // Restores reading these backups keep their history; the backup rows go.
             try db.execute(sql: "DELETE FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id])
@@ -360,7 +360,7 @@ public final class SQLiteCatalog: Catalog {
 
     public func enqueueAutomaticBackup(_ backup: Backup, jobID: String, nextBackupAt: Date, now: Date, basedOn: ManagedDatabase) async throws -> Bool {
         try await pool.write { db in
-            guard let current = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [backup.databaseID]).map(Self.database),
+            guard let current = try Row.fetchOne(db, sql: "SELECT * FROM databases WHERE id = ?", arguments: [backup.databaseID]).map(CatalogRows.database),
                   current.tier == basedOn.tier, current.backupWindow == basedOn.backupWindow, current.nextBackupAt == basedOn.nextBackupAt
             else { return false }
             let exists = try Bool.fetchOne(
@@ -415,7 +415,7 @@ public final class SQLiteCatalog: Catalog {
                     ORDER BY created_at DESC, seq DESC
                     """,
                 arguments: [databaseID, accountID, type?.rawValue, type?.rawValue, status?.rawValue, status?.rawValue]
-            ).map(Self.backup)
+            ).map(CatalogRows.backup)
         }
     }
 
@@ -424,13 +424,13 @@ public final class SQLiteCatalog: Catalog {
             try Row.fetchOne(
                 db, sql: "SELECT * FROM backups WHERE id = ? AND database_id = ? AND account_id = ?",
                 arguments: [id, databaseID, accountID]
-            ).map(Self.backup)
+            ).map(CatalogRows.backup)
         }
     }
 
     public func backup(id: String) async throws -> Backup? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [id]).map(Self.backup)
+            try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [id]).map(CatalogRows.backup)
         }
     }
 
@@ -440,7 +440,7 @@ public final class SQLiteCatalog: Catalog {
                 db, sql: "SELECT * FROM backups WHERE id = ? AND database_id = ? AND account_id = ?",
                 arguments: [id, databaseID, accountID])
             else { throw DomainError.backupNotFound }
-            let backup = Self.backup(row)
+            let backup = CatalogRows.backup(row)
             try backup.checkDeletable()
             if try Bool.fetchOne(db, sql: "SELECT 1 FROM restores WHERE backup_id = ? AND status IN ('pending','in_progress')", arguments: [id]) != nil {
                 throw DomainError(.conflict, code: "backup_in_use", message: "a restore from this backup is running; delete it once the restore has finished")
@@ -456,7 +456,7 @@ public final class SQLiteCatalog: Catalog {
             try Row.fetchAll(
                 db, sql: "SELECT * FROM databases WHERE status = 'available' AND next_backup_at <= ? ORDER BY next_backup_at LIMIT ?",
                 arguments: [ms(now), limit]
-            ).map(Self.database)
+            ).map(CatalogRows.database)
         }
     }
 
@@ -470,7 +470,7 @@ public final class SQLiteCatalog: Catalog {
             try Row.fetchAll(
                 db, sql: "SELECT * FROM backups WHERE \(Self.expiredCondition) ORDER BY expires_at LIMIT ?",
                 arguments: [ms(now), limit]
-            ).map(Self.backup)
+            ).map(CatalogRows.backup)
         }
     }
 
@@ -480,7 +480,7 @@ public final class SQLiteCatalog: Catalog {
                 return nil
             }
             try db.execute(sql: "DELETE FROM backups WHERE id = ?", arguments: [id])
-            let backup = Self.backup(row)
+            let backup = CatalogRows.backup(row)
             try Self.releaseLayer(backup.object?.key, now: now, grace: garbageGrace, db)
             return backup
         }
@@ -491,7 +491,7 @@ public final class SQLiteCatalog: Catalog {
             try Row.fetchOne(
                 db, sql: "SELECT * FROM backups WHERE database_id = ? AND status = 'completed' ORDER BY completed_at DESC, seq DESC LIMIT 1",
                 arguments: [databaseID]
-            ).map(Self.backup)
+            ).map(CatalogRows.backup)
         }
     }
 
@@ -520,7 +520,7 @@ public final class SQLiteCatalog: Catalog {
             guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ? AND account_id = ?", arguments: [restore.backupID, restore.accountID]) else {
                 throw DomainError.backupNotFound
             }
-            try Self.backup(row).checkRestorable()
+            try CatalogRows.backup(row).checkRestorable()
             try Self.insertDatabase(target, db)
             try db.execute(
                 sql: """
@@ -535,13 +535,13 @@ public final class SQLiteCatalog: Catalog {
 
     public func restore(id: String, accountID: String) async throws -> Restore? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(Self.restore)
+            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(CatalogRows.restore)
         }
     }
 
     public func restore(id: String) async throws -> Restore? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ?", arguments: [id]).map(Self.restore)
+            try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ?", arguments: [id]).map(CatalogRows.restore)
         }
     }
 
@@ -679,13 +679,13 @@ public final class SQLiteCatalog: Catalog {
 
     static func backupEvent(_ event: WebhookEvent, _ id: String, at: Date, _ db: GRDB.Database) throws {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [id]) else { return }
-        let backup = Self.backup(row)
+        let backup = CatalogRows.backup(row)
         try enqueueEvent(event, accountID: backup.accountID, at: at, data: WebhookPayload.backup(backup), db)
     }
 
     static func restoreEvent(_ event: WebhookEvent, _ id: String, at: Date, _ db: GRDB.Database) throws {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM restores WHERE id = ?", arguments: [id]) else { return }
-        let restore = Self.restore(row)
+        let restore = CatalogRows.restore(row)
         try enqueueEvent(event, accountID: restore.accountID, at: at, data: WebhookPayload.restore(restore), db)
     }
 
@@ -741,65 +741,12 @@ public final class SQLiteCatalog: Catalog {
             return (pending, running)
         }
     }
+}
 
-    // MARK: Row mapping
-
-    static func errorInfo(_ row: Row) -> ErrorInfo? {
-        guard let code: String = row["error_code"] else { return nil }
-        return ErrorInfo(code: code, message: row["error_message"] ?? "")
-    }
-
-    static func database(_ row: Row) -> ManagedDatabase {
-        let start: Int = row["window_start_minute"]
-        let minutes: Int = row["window_minutes"]
-        return ManagedDatabase(
-            id: row["id"], accountID: row["account_id"], name: row["name"],
-            tier: Tier(rawValue: row["tier"])!, engine: EngineKind(rawValue: row["engine"]) ?? .sqlite,
-            status: DatabaseStatus(rawValue: row["status"])!,
-            // The schema's CHECK constraints hold the same bounds as the initializer.
-            backupWindow: try! BackupWindow(startMinute: start, durationMinutes: minutes),
-            location: row["location"], createdAt: date(row["created_at"]), deletedAt: (row["deleted_at"] as Int64?).map(date),
-            nextBackupAt: date(row["next_backup_at"]), error: errorInfo(row),
-            restoreDrills: RestoreDrills(rawValue: row["restore_drills"] ?? "") ?? .weekly, nextDrillAt: (row["next_drill_at"] as Int64?).map(date),
-            lastDrill: drill(row))
-    }
-
-    /// The progress columns of an in-progress backup or restore (started: the backup's start).
-    static func progress(_ row: Row, status: String, started: Date?) -> JobProgress? {
-        guard status == "in_progress" else { return nil }
-        let startedAt = (row["progress_started_at"] as Int64?).map(date) ?? started ?? date(row["created_at"])
-        return JobProgress(bytesDone: row["progress_done"] ?? 0, bytesTotal: row["progress_total"], startedAt: startedAt)
-    }
-
-    static func backup(_ row: Row) -> Backup {
-        var object: StoredObject?
-        if let key: String = row["object_key"], let size: Int64 = row["size_bytes"], let checksum: String = row["checksum"] {
-            object = StoredObject(
-                key: key, sizeBytes: size, checksum: checksum, storedBytes: row["stored_bytes"] ?? 0,
-                tableCounts: (row["table_counts"] as String?).flatMap(TableCounts.parse(json:)))
-        }
-        var backup = Backup(
-            id: row["id"], accountID: row["account_id"], databaseID: row["database_id"], name: row["name"],
-            type: BackupType(rawValue: row["type"])!, status: BackupStatus(rawValue: row["status"])!,
-            engine: EngineKind(rawValue: row["engine"]) ?? .sqlite, createdAt: date(row["created_at"]),
-            startedAt: (row["started_at"] as Int64?).map(date), completedAt: (row["completed_at"] as Int64?).map(date),
-            expiresAt: (row["expires_at"] as Int64?).map(date), scheduledDay: row["scheduled_day"], object: object,
-            error: errorInfo(row), integrity: BackupIntegrity(rawValue: row["integrity"]) ?? .unverified,
-            verifiedAt: (row["verified_at"] as Int64?).map(date))
-        backup.progress = progress(row, status: row["status"], started: backup.startedAt)
-        backup.lastDrill = drill(row)
-        return backup
-    }
-
-    static func restore(_ row: Row) -> Restore {
-        var restore = Restore(
-            id: row["id"], accountID: row["account_id"], backupID: row["backup_id"],
-            sourceDatabaseID: row["source_database_id"], targetDatabaseID: row["target_database_id"],
-            status: RestoreStatus(rawValue: row["status"])!, createdAt: date(row["created_at"]),
-            completedAt: (row["completed_at"] as Int64?).map(date), error: errorInfo(row))
-        restore.progress = progress(row, status: row["status"], started: nil)
-        return restore
-    }
+extension Row: CatalogRow {
+    func text(_ column: String) -> String? { self[column] }
+    func integer(_ column: String) -> Int64? { self[column] }
+    func bytes(_ column: String) -> [UInt8]? { (self[column] as Data?).map { [UInt8]($0) } }
 }
 
 func ms(_ date: Date) -> Int64 { Int64((date.timeIntervalSince1970 * 1000).rounded()) }

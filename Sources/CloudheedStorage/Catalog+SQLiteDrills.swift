@@ -56,7 +56,7 @@ extension SQLiteCatalog {
                     ORDER BY next_drill_at LIMIT ?
                     """,
                 arguments: [ms(now), limit]
-            ).map(Self.database)
+            ).map(CatalogRows.database)
         }
     }
 
@@ -87,7 +87,7 @@ extension SQLiteCatalog {
     /// Records a drill's result on the backup and its database, and alerts when it failed.
     static func applyDrill(_ result: DrillResult, backupID: String, _ db: GRDB.Database) throws -> Bool {
         guard let row = try Row.fetchOne(db, sql: "SELECT * FROM backups WHERE id = ?", arguments: [backupID]) else { return false }
-        let backup = Self.backup(row)
+        let backup = CatalogRows.backup(row)
         let values: StatementArguments = [ms(result.at), result.result.rawValue, result.durationMs, result.error?.code, result.error?.message]
         try db.execute(
             sql: "UPDATE backups SET drill_at = ?, drill_result = ?, drill_duration_ms = ?, drill_error_code = ?, drill_error_message = ? WHERE id = ?",
@@ -102,11 +102,5 @@ extension SQLiteCatalog {
             try enqueueEvent(.drillFailed, accountID: backup.accountID, at: result.at, data: WebhookPayload.drill(backup: backup, drill: result), db)
         }
         return true
-    }
-
-    static func drill(_ row: Row) -> DrillResult? {
-        guard let at: Int64 = row["drill_at"], let result = DrillOutcome(rawValue: row["drill_result"] ?? "") else { return nil }
-        let error = (row["drill_error_code"] as String?).map { ErrorInfo(code: $0, message: row["drill_error_message"] ?? "") }
-        return DrillResult(at: date(at), result: result, durationMs: row["drill_duration_ms"] ?? 0, error: error)
     }
 }

@@ -113,7 +113,7 @@ extension SQLiteCatalog: RepositoryIndex {
     /// Every completed backup, oldest first (offline verification).
     public func completedBackups() async throws -> [Backup] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE status = 'completed' ORDER BY created_at, seq").map(Self.backup)
+            try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE status = 'completed' ORDER BY created_at, seq").map(CatalogRows.backup)
         }
     }
 
@@ -129,9 +129,7 @@ extension SQLiteCatalog: RepositoryIndex {
 
     public func existingChunks(accountID: String, ids: [ChunkID]) async throws -> Set<ChunkID> {
         try await pool.read { db in
-            Set(try Self.chunkRows(accountID: accountID, ids: ids, columns: "id", db).map { row in
-                (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }
-            })
+            Set(try Self.chunkRows(accountID: accountID, ids: ids, columns: "id", db).map { CatalogRows.chunkID($0) })
         }
     }
 
@@ -154,7 +152,7 @@ extension SQLiteCatalog: RepositoryIndex {
     public func chunkLocations(accountID: String, ids: [ChunkID]) async throws -> [ChunkID: ChunkLocation] {
         try await pool.read { db in
             let rows = try Self.chunkRows(accountID: accountID, ids: ids, columns: "id, pack_id, offset, length, stored_length", db)
-            return Dictionary(rows.map(Self.chunkLocation).map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
+            return Dictionary(rows.map(CatalogRows.chunkLocation).map { ($0.id, $0) }, uniquingKeysWith: { first, _ in first })
         }
     }
 
@@ -168,12 +166,6 @@ extension SQLiteCatalog: RepositoryIndex {
             rows += try Row.fetchAll(db, sql: "SELECT \(columns) FROM chunks WHERE account_id = ? AND id IN (\(marks))", arguments: arguments)
         }
         return rows
-    }
-
-    static func chunkLocation(_ row: Row) -> ChunkLocation {
-        ChunkLocation(
-            id: (row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }, packID: row["pack_id"], offset: row["offset"],
-            length: row["length"], storedLength: row["stored_length"])
     }
 
     /// Queues an object for deletion once the grace period has passed.
@@ -207,7 +199,7 @@ extension SQLiteCatalog: RepositoryIndex {
             let rows = try Self.chunkRows(accountID: accountID, ids: ids, columns: "id, stored_length", db)
             var lengths: [ChunkID: Int] = [:]
             lengths.reserveCapacity(rows.count)
-            for row in rows { lengths[(row["id"] as Data).withUnsafeBytes { ChunkID(raw: $0) }] = row["stored_length"] }
+            for row in rows { lengths[CatalogRows.chunkID(row)] = row.int("stored_length") }
             let distinct = Set(ids).count
             guard lengths.count == distinct else {
                 throw RepositoryError(.chunksCollected, "\(distinct - lengths.count) chunks this backup refers to were garbage-collected while it ran")
@@ -232,13 +224,7 @@ extension SQLiteCatalog: RepositoryIndex {
 
     public func layer(id: String) async throws -> LayerRecord? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM layers WHERE id = ?", arguments: [id]).map { row in
-                LayerRecord(
-                    id: row["id"], accountID: row["account_id"], parentID: row["parent_id"], depth: row["depth"],
-                    kind: LayerRecord.Kind(rawValue: row["kind"])!, pageSize: row["page_size"], entryCount: row["entry_count"],
-                    logicalSize: row["logical_size"], storedBytes: row["stored_bytes"], objectChecksum: row["object_checksum"],
-                    segments: row["segments"], createdAt: date(row["created_at"]))
-            }
+            try Row.fetchOne(db, sql: "SELECT * FROM layers WHERE id = ?", arguments: [id]).map(CatalogRows.layer)
         }
     }
 
@@ -340,10 +326,10 @@ extension SQLiteCatalog: RepositoryIndex {
                     """,
                 arguments: [ms(createdBefore), maxLiveFraction, limit])
             return try packs.map { row in
-                let pack = PackRecord(id: row["id"], accountID: row["account_id"], storedSize: row["stored_size"], plainSize: row["plain_size"], createdAt: date(row["created_at"]))
+                let pack = CatalogRows.pack(row)
                 let live = try Row.fetchAll(
                     db, sql: "SELECT id, pack_id, offset, length, stored_length FROM chunks WHERE pack_id = ? ORDER BY offset", arguments: [pack.id]
-                ).map(Self.chunkLocation)
+                ).map(CatalogRows.chunkLocation)
                 return (pack, live)
             }
         }

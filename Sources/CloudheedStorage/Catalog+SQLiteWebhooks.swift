@@ -57,7 +57,7 @@ extension SQLiteCatalog {
             try db.execute(
                 sql: "INSERT INTO webhooks (id, account_id, url, events, description, sealed_secret, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 arguments: [
-                    webhook.id, webhook.accountID, webhook.url, "," + webhook.events.map(\.rawValue).joined(separator: ",") + ",",
+                    webhook.id, webhook.accountID, webhook.url, CatalogRows.webhookEvents(webhook.events),
                     webhook.description, Data(sealedSecret), ms(webhook.createdAt),
                 ])
         }
@@ -65,13 +65,13 @@ extension SQLiteCatalog {
 
     public func webhooks(accountID: String) async throws -> [Webhook] {
         try await pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT * FROM webhooks WHERE account_id = ? ORDER BY seq", arguments: [accountID]).map(Self.webhook)
+            try Row.fetchAll(db, sql: "SELECT * FROM webhooks WHERE account_id = ? ORDER BY seq", arguments: [accountID]).map(CatalogRows.webhook)
         }
     }
 
     public func webhook(id: String, accountID: String) async throws -> Webhook? {
         try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM webhooks WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(Self.webhook)
+            try Row.fetchOne(db, sql: "SELECT * FROM webhooks WHERE id = ? AND account_id = ?", arguments: [id, accountID]).map(CatalogRows.webhook)
         }
     }
 
@@ -92,15 +92,8 @@ extension SQLiteCatalog {
                     """,
                 arguments: [webhookID, accountID, limit])
             return try rows.map { row in
-                let id: String = row["id"]
-                let attempts = try Row.fetchAll(db, sql: "SELECT * FROM webhook_attempts WHERE delivery_id = ? ORDER BY n", arguments: [id]).map { a in
-                    DeliveryAttempt(at: date(a["at"]), statusCode: a["status_code"], error: a["error"], durationMs: a["duration_ms"])
-                }
-                return WebhookDelivery(
-                    id: id, webhookID: row["webhook_id"], event: WebhookEvent(rawValue: row["event"]) ?? .backupFailed,
-                    status: DeliveryStatus(rawValue: row["status"]) ?? .pending, createdAt: date(row["created_at"]),
-                    nextAttemptAt: (row["next_attempt_at"] as Int64?).map(date), deliveredAt: (row["delivered_at"] as Int64?).map(date),
-                    attempts: attempts)
+                let attempts = try Row.fetchAll(db, sql: "SELECT * FROM webhook_attempts WHERE delivery_id = ? ORDER BY n", arguments: [row.string("id")])
+                return CatalogRows.delivery(row, attempts: attempts.map(CatalogRows.deliveryAttempt))
             }
         }
     }
@@ -120,13 +113,8 @@ extension SQLiteCatalog {
                 arguments: [nowMs, nowMs, limit])
             let until = ms(now.addingTimeInterval(lease.seconds))
             return try rows.compactMap { row in
-                let id: String = row["id"]
-                try db.execute(sql: "UPDATE webhook_deliveries SET locked_until = ? WHERE id = ?", arguments: [until, id])
-                guard let event = WebhookEvent(rawValue: row["event"]) else { return nil }
-                return DueDelivery(
-                    id: id, webhookID: row["webhook_id"], accountID: row["account_id"], url: row["url"], event: event,
-                    payload: row["payload"], sealedSecret: [UInt8](row["sealed_secret"] as Data), createdAt: date(row["created_at"]),
-                    attempt: (row["attempts"] as Int) + 1)
+                try db.execute(sql: "UPDATE webhook_deliveries SET locked_until = ? WHERE id = ?", arguments: [until, row.string("id")])
+                return CatalogRows.dueDelivery(row)
             }
         }
     }
@@ -173,12 +161,5 @@ extension SQLiteCatalog {
                 sql: "INSERT INTO webhook_deliveries (id, webhook_id, event, payload, status, created_at, next_attempt_at) VALUES (?, ?, ?, ?, 'pending', ?, ?)",
                 arguments: [id, hook, event.rawValue, WebhookPayload.render(deliveryID: id, event: event, at: at, data: data), ms(at), ms(at)])
         }
-    }
-
-    static func webhook(_ row: Row) -> Webhook {
-        let events = (row["events"] as String).split(separator: ",").compactMap { WebhookEvent(rawValue: String($0)) }
-        return Webhook(
-            id: row["id"], accountID: row["account_id"], url: row["url"], events: events, description: row["description"],
-            createdAt: date(row["created_at"]))
     }
 }

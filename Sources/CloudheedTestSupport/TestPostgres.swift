@@ -112,6 +112,7 @@ public func freeLoopbackPort() throws -> Int {
 
 public struct TestPostgresError: Error, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

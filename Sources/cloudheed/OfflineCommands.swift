@@ -2,6 +2,7 @@ import ArgumentParser
 import CloudheedDomain
 import CloudheedStorage
 import Foundation
+import Logging
 
 /// Options of the commands that work on a data directory directly.
 struct DataDirectoryOptions: ParsableArguments {
@@ -152,11 +153,25 @@ struct Migrate: AsyncParsableCommand {
 
     @Option(help: "Data directory (env CLOUDHEED_DATA_DIR). Default ./cloudheed-data, created if missing.")
     var dataDir: String?
+    @Option(help: "The shared catalog, postgresql://USER:PASSWORD@HOST:PORT/DBNAME (env CLOUDHEED_CATALOG_URL); without it the SQLite catalog in the data directory.")
+    var catalog: String?
 
     func run() async throws {
-        let directory = dataDir ?? ProcessInfo.processInfo.environment["CLOUDHEED_DATA_DIR"] ?? "./cloudheed-data"
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        let applied = try SQLiteCatalog.migrate(path: directory + "/catalog.sqlite3")
+        let environment = ProcessInfo.processInfo.environment
+        let applied: [String]
+        if let url = catalog ?? environment["CLOUDHEED_CATALOG_URL"] {
+            let endpoint: PostgresCatalog.Endpoint
+            do { endpoint = try PostgresCatalog.Endpoint(url: url) } catch { throw ValidationError("--catalog: \(error.message)") }
+            do {
+                applied = try await PostgresCatalog.migrate(endpoint, logger: Logger(label: "cloudheed.migrate"))
+            } catch let error as DomainError {
+                throw ValidationError(error.message)
+            }
+        } else {
+            let directory = dataDir ?? environment["CLOUDHEED_DATA_DIR"] ?? "./cloudheed-data"
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            applied = try SQLiteCatalog.migrate(path: directory + "/catalog.sqlite3")
+        }
         print(applied.isEmpty ? "catalog is up to date" : "applied: " + applied.joined(separator: ", "))
     }
 }

@@ -43,6 +43,10 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Seconds before the first retry of a failed webhook delivery, doubling up to an hour, for a day (env CLOUDHEED_WEBHOOK_RETRY_SECONDS). Default 10.")
     var webhookRetrySeconds: Int?
 
+    @Option(help: "The catalog shared by several nodes: postgresql://USER:PASSWORD@HOST:PORT/DBNAME (env CLOUDHEED_CATALOG_URL). Default: <data-dir>/catalog.sqlite3, for one node.")
+    var catalog: String?
+    @Option(help: "Directory of SQLite databases (env CLOUDHEED_DATABASES_DIR); nodes sharing a catalog must share it. Default <data-dir>/databases.")
+    var databasesDir: String?
     @Option(help: "Where backup data goes: s3://BUCKET[/PREFIX] (env CLOUDHEED_STORAGE; credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN). Default <data-dir>/repository.")
     var storage: String?
     @Option(help: "S3 endpoint, http(s)://HOST[:PORT] (env CLOUDHEED_S3_ENDPOINT). Default AWS's regional endpoint.")
@@ -73,7 +77,9 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.s3.endpoint", s3Endpoint.map { .string($0) })
         set("cloudheed.s3.region", s3Region.map { .string($0) })
         if s3PathStyle { set("cloudheed.s3.path.style", .bool(true)) }
+        set("cloudheed.databases.dir", databasesDir.map { .string($0) })
         if let postgresURL { flags["cloudheed.postgres.url"] = ConfigValue(.string(postgresURL), isSecret: true) }
+        if let catalog { flags["cloudheed.catalog.url"] = ConfigValue(.string(catalog), isSecret: true) }
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
 
         let levelName = config.string(forKey: "cloudheed.log.level", default: "info")
@@ -132,6 +138,11 @@ struct Serve: AsyncParsableCommand {
             do { postgres = try PostgresServer(url: url) } catch { throw ValidationError("--postgres-url: \(error.message)") }
         }
 
+        var catalogEndpoint: PostgresCatalog.Endpoint?
+        if let url = config.string(forKey: "cloudheed.catalog.url", isSecret: true) {
+            do { catalogEndpoint = try PostgresCatalog.Endpoint(url: url) } catch { throw ValidationError("--catalog: \(error.message)") }
+        }
+
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
@@ -152,6 +163,8 @@ struct Serve: AsyncParsableCommand {
             postgresBinDirectory: config.string(forKey: "cloudheed.postgres.bin.dir"),
             metricsToken: config.string(forKey: "cloudheed.metrics.token", isSecret: true))
         serve.s3 = s3
+        serve.catalog = catalogEndpoint
+        serve.databasesDirectory = config.string(forKey: "cloudheed.databases.dir")
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

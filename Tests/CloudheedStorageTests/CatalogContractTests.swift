@@ -1,22 +1,41 @@
 import CloudheedDomain
 import CloudheedStorage
 import Foundation
+import Logging
+import CloudheedTestSupport
 import Testing
 
-/// A catalog implementation under test, with its own clean-up. The same contract runs against
-/// every implementation; the PostgreSQL catalog joins `all` when it exists.
+/// A catalog implementation under test, run for as long as a test needs it and then removed.
+/// The same contract runs against every implementation.
 struct CatalogFactory: Sendable, CustomTestStringConvertible {
     let name: String
-    let make: @Sendable () async throws -> (any Catalog & RepositoryIndex, @Sendable () -> Void)
+    let with: @Sendable (_ body: (any Catalog & RepositoryIndex) async throws -> Void) async throws -> Void
     var testDescription: String { name }
 
-    static let sqlite = CatalogFactory(name: "SQLite") {
+    static let sqlite = CatalogFactory(name: "SQLite") { body in
         let directory = NSTemporaryDirectory() + "cloudheed-catalog-\(UUID().uuidString)"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        return (try SQLiteCatalog(path: directory + "/catalog.sqlite3"), { try? FileManager.default.removeItem(atPath: directory) })
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try await body(try SQLiteCatalog(path: directory + "/catalog.sqlite3"))
     }
 
-    static let all: [CatalogFactory] = [.sqlite]
+    /// A database of its own on the suite's PostgreSQL server (`.postgresServer`), owned by the
+    /// service's unprivileged role, dropped afterwards.
+    static let postgres = CatalogFactory(name: "PostgreSQL") { body in
+        guard let server = TestPostgres.current else { throw TestPostgresError(message: "the suite needs the .postgresServer trait") }
+        let name = "catalog_\(UUID().uuidString.prefix(8).lowercased())"
+        try await server.superuser("CREATE DATABASE \(name) OWNER cloudheed_admin")
+        let endpoint = PostgresCatalog.Endpoint(host: "127.0.0.1", port: server.port, username: "cloudheed_admin", password: TestPostgres.adminPassword, database: name)
+        do {
+            try await PostgresCatalog.run(endpoint, maximumConnections: 4, logger: Logger(label: "test.catalog")) { catalog in try await body(catalog) }
+        } catch {
+            _ = try? await server.superuser("DROP DATABASE \(name) WITH (FORCE)")
+            throw error
+        }
+        try await server.superuser("DROP DATABASE \(name) WITH (FORCE)")
+    }
+
+    static let all: [CatalogFactory] = [.sqlite, .postgres]
 }
 
 let t0 = Date(timeIntervalSince1970: 1_773_716_400)  // 2026-03-17T03:00:00Z
@@ -87,13 +106,13 @@ struct Fixture {
     }
 }
 
-@Suite("Catalog contract")
+@Suite("Catalog contract", .postgresServer)
 struct CatalogContractTests {
     func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
-        let (catalog, cleanup) = try await factory.make()
-        defer { cleanup() }
-        var fixture = Fixture(catalog: catalog)
-        try await body(&fixture)
+        try await factory.with { catalog in
+            var fixture = Fixture(catalog: catalog)
+            try await body(&fixture)
+        }
     }
 
     @Test("Accounts and tokens round-trip; tokens of unknown accounts are refused", arguments: CatalogFactory.all)
@@ -359,62 +378,62 @@ struct CatalogContractTests {
     }
 }
 
-@Suite("Catalog contract: races")
+@Suite("Catalog contract: races", .postgresServer)
 struct CatalogRaceContractTests {
     @Test("An automatic backup planned from a database read before a PATCH is not recorded", arguments: CatalogFactory.all)
     func staleScheduling(_ factory: CatalogFactory) async throws {
-        let (catalog, cleanup) = try await factory.make()
-        defer { cleanup() }
-        var f = Fixture(catalog: catalog)
-        let account = try await f.account()
-        let database = try await f.database(account, tier: .large)
-        let stale = try #require(try await catalog.database(id: database.id))
-        _ = try await catalog.updateDatabase(id: database.id, accountID: account.id, changes: DatabaseChanges(tier: .free))
-        let backup = Backup(id: "backup-stale", accountID: account.id, databaseID: database.id, name: "a", type: .automatic, status: .pending,
-                            engine: .sqlite, createdAt: t0, expiresAt: t0.addingTimeInterval(30 * day), scheduledDay: "2026-03-17")
-        #expect(try await catalog.enqueueAutomaticBackup(backup, jobID: "job-stale", nextBackupAt: t0.addingTimeInterval(day), now: t0, basedOn: stale) == false)
-        #expect(try await catalog.backup(id: "backup-stale") == nil)
-        #expect(try await catalog.database(id: database.id)?.nextBackupAt == stale.nextBackupAt)
+        try await factory.with { catalog in
+            var f = Fixture(catalog: catalog)
+            let account = try await f.account()
+            let database = try await f.database(account, tier: .large)
+            let stale = try #require(try await catalog.database(id: database.id))
+            _ = try await catalog.updateDatabase(id: database.id, accountID: account.id, changes: DatabaseChanges(tier: .free))
+            let backup = Backup(id: "backup-stale", accountID: account.id, databaseID: database.id, name: "a", type: .automatic, status: .pending,
+                                engine: .sqlite, createdAt: t0, expiresAt: t0.addingTimeInterval(30 * day), scheduledDay: "2026-03-17")
+            #expect(try await catalog.enqueueAutomaticBackup(backup, jobID: "job-stale", nextBackupAt: t0.addingTimeInterval(day), now: t0, basedOn: stale) == false)
+            #expect(try await catalog.backup(id: "backup-stale") == nil)
+            #expect(try await catalog.database(id: database.id)?.nextBackupAt == stale.nextBackupAt)
+        }
     }
 
     @Test("GC keeps unreferenced chunks stored since the oldest running backup started, whatever the cutoff", arguments: CatalogFactory.all)
     func runningBackupProtectsItsChunks(_ factory: CatalogFactory) async throws {
-        let (catalog, cleanup) = try await factory.make()
-        defer { cleanup() }
-        var f = Fixture(catalog: catalog)
-        let account = try await f.account()
-        _ = try await f.manualBackup(try await f.database(account))
-        _ = try #require(try await catalog.claimJob(leaseToken: "l", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
-        // Hours into the backup, a pack of its chunks is recorded but not referenced yet.
-        let stored = t0.addingTimeInterval(7200)
-        let id = ChunkID(bytes: [UInt8](repeating: 7, count: 32))
-        try await catalog.insertPacks([(PackRecord(id: "pack1", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: stored),
-                                        [ChunkLocation(id: id, packID: "pack1", offset: 8, length: 2, storedLength: 2)])])
-        #expect(try await catalog.deleteUnreferencedChunks(createdBefore: stored.addingTimeInterval(86_400)) == 0)
-        #expect(try await catalog.existingChunks(accountID: account.id, ids: [id]) == [id])
+        try await factory.with { catalog in
+            var f = Fixture(catalog: catalog)
+            let account = try await f.account()
+            _ = try await f.manualBackup(try await f.database(account))
+            _ = try #require(try await catalog.claimJob(leaseToken: "l", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+            // Hours into the backup, a pack of its chunks is recorded but not referenced yet.
+            let stored = t0.addingTimeInterval(7200)
+            let id = ChunkID(bytes: [UInt8](repeating: 7, count: 32))
+            try await catalog.insertPacks([(PackRecord(id: "pack1", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: stored),
+                                            [ChunkLocation(id: id, packID: "pack1", offset: 8, length: 2, storedLength: 2)])])
+            #expect(try await catalog.deleteUnreferencedChunks(createdBefore: stored.addingTimeInterval(86_400)) == 0)
+            #expect(try await catalog.existingChunks(accountID: account.id, ids: [id]) == [id])
+        }
     }
 }
 
-@Suite("Catalog contract: deletion while restoring")
+@Suite("Catalog contract: deletion while restoring", .postgresServer)
 struct CatalogDeletionContractTests {
     @Test("A database cannot be deleted while a restore reads one of its automatic backups", arguments: CatalogFactory.all)
     func deleteWhileRestoring(_ factory: CatalogFactory) async throws {
-        let (catalog, cleanup) = try await factory.make()
-        defer { cleanup() }
-        var f = Fixture(catalog: catalog)
-        let account = try await f.account()
-        let database = try await f.database(account)
-        let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
-        _ = try await f.completeNextJob()
-        let target = ManagedDatabase(
-            id: "db-t", accountID: account.id, name: "t", tier: .free, engine: .sqlite, status: .restoring,
-            backupWindow: database.backupWindow, location: "/tmp/t", createdAt: t0, nextBackupAt: t0)
-        try await catalog.enqueueRestore(
-            Restore(id: "restore-1", accountID: account.id, backupID: automatic.id, sourceDatabaseID: database.id, targetDatabaseID: target.id, status: .pending, createdAt: t0),
-            target: target, jobID: "job-r", now: t0)
-        await #expect(throws: DomainError.self) { _ = try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0) }
-        #expect(try await catalog.backup(id: automatic.id) != nil)
-        _ = try await f.completeNextJob()
-        #expect(try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0).map(\.id) == [automatic.id])
+        try await factory.with { catalog in
+            var f = Fixture(catalog: catalog)
+            let account = try await f.account()
+            let database = try await f.database(account)
+            let (automatic, _) = try await f.automaticBackup(database, day: "2026-03-17")
+            _ = try await f.completeNextJob()
+            let target = ManagedDatabase(
+                id: "db-t", accountID: account.id, name: "t", tier: .free, engine: .sqlite, status: .restoring,
+                backupWindow: database.backupWindow, location: "/tmp/t", createdAt: t0, nextBackupAt: t0)
+            try await catalog.enqueueRestore(
+                Restore(id: "restore-1", accountID: account.id, backupID: automatic.id, sourceDatabaseID: database.id, targetDatabaseID: target.id, status: .pending, createdAt: t0),
+                target: target, jobID: "job-r", now: t0)
+            await #expect(throws: DomainError.self) { _ = try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0) }
+            #expect(try await catalog.backup(id: automatic.id) != nil)
+            _ = try await f.completeNextJob()
+            #expect(try await catalog.markDatabaseDeleted(id: database.id, accountID: account.id, at: t0).map(\.id) == [automatic.id])
+        }
     }
 }
