@@ -27,6 +27,8 @@ public struct ServeConfiguration: Sendable {
     public var s3: S3Configuration?
     /// `--catalog postgresql://...`: the catalog shared by several nodes; nil keeps `<data-dir>/catalog.sqlite3`.
     public var catalog: PostgresCatalog.Endpoint?
+    /// `--gc-grace`: seconds an object no backup refers to is kept before it is deleted.
+    public var garbageGrace: TimeInterval = 3600
     /// `--databases-dir`: where SQLite databases live; several nodes must share it. Default `<data-dir>/databases`.
     public var databasesDirectory: String?
 
@@ -134,7 +136,7 @@ public struct Components: Sendable {
         let service = self.service
         router.get("healthz/ready") { _, context in
             var catalog = "ok", storage = "ok"
-            do { _ = try await service.catalog.jobCounts() } catch { catalog = "unreachable" }
+            do { try await service.catalog.probe() } catch { catalog = "unreachable" }
             do { try await service.repository.probeStorage() } catch {
                 storage = "unreachable"
                 context.logger.warning("storage probe failed", metadata: ["error": "\(error)"])
@@ -243,19 +245,21 @@ public func buildApplication(
     var catalogServices: [any Service] = []
     var sharedCatalog: PostgresCatalog?
     if let endpoint = configuration.catalog {
-        let catalog = try await PostgresCatalog.open(endpoint, logger: logger)
+        let catalog = try await PostgresCatalog.open(endpoint, garbageGrace: configuration.garbageGrace, logger: logger)
         catalogServices.append(catalog.service)
         sharedCatalog = catalog
     }
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
-        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken, catalog: sharedCatalog,
+        compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken,
+        garbageGrace: configuration.garbageGrace, catalog: sharedCatalog,
         blobs: configuration.s3.map { S3BlobStore(configuration: $0) }, databasesDirectory: configuration.databasesDirectory,
         clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(
         runner: components.runner, signal: components.service.signal, settings: configuration.settings, logger: logger)
     let scheduler = SchedulerService(
-        scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval, logger: logger)
+        scheduler: components.scheduler, collector: components.collector, interval: configuration.settings.schedulerInterval,
+        gcInterval: configuration.settings.gcInterval, logger: logger)
     let webhooks = WebhookSenderService(service: components.service, logger: logger)
     return Application(
         router: components.buildRouter(),

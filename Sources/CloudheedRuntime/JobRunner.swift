@@ -29,10 +29,14 @@ public struct JobRunner: Sendable {
         case shutdown
     }
 
+    static let processID = ProcessInfo.processInfo.processIdentifier
+
     /// Claims one job of `kinds` and runs it to its end; false when there was nothing to claim.
     @discardableResult
     public func runNextJob(kinds: Set<JobKind> = Set(JobKind.allCases)) async throws -> Bool {
-        let token = service.ids.randomString(count: 12)
+        // Names the process holding the job ("p<pid>-…"), so an operator looking at the jobs of
+        // several nodes sees whose a lease is; the random part keeps each claim's token unique.
+        let token = "p\(Self.processID)-" + service.ids.randomString(count: 12)
         guard let job = try await catalog.claimJob(
             leaseToken: token, now: service.clock.now(), leaseDuration: settings.leaseDuration, maxAttempts: settings.maxAttempts, kinds: kinds)
         else { return false }
@@ -63,7 +67,7 @@ public struct JobRunner: Sendable {
 
         switch event {
         case .finished(let outcome):
-            let finish = try await catalog.finishJob(job, outcome: outcome, at: service.clock.now())
+            let finish = try await record(outcome, of: job, logger: logger)
             let elapsed = ContinuousClock.now - started
             if finish == .applied, let labels { metrics.finished(job, outcome: outcome, labels: labels, elapsed: elapsed) }
             switch (finish, outcome) {
@@ -84,6 +88,23 @@ public struct JobRunner: Sendable {
             logger.info("job handed back for the next start")
         }
         return true
+    }
+
+    /// Records the outcome, trying again for up to a minute while the catalog cannot be reached
+    /// (a restarting catalog server): the work is done, and only the recording is missing. The
+    /// lease may lapse meanwhile; the outcome still applies unless another worker took the job.
+    func record(_ outcome: JobOutcome, of job: ClaimedJob, logger: Logger) async throws -> JobFinish {
+        let deadline = ContinuousClock.now + .seconds(60)
+        var delay = Duration.milliseconds(250)
+        while true {
+            do {
+                return try await catalog.finishJob(job, outcome: outcome, at: service.clock.now())
+            } catch let error as DomainError where error.kind == .unavailable && ContinuousClock.now + delay < deadline {
+                logger.warning("outcome not recorded yet; the catalog is unavailable", metadata: ["error.message": "\(error.message)"])
+                try await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(5))
+            }
+        }
     }
 
     /// Records the job's progress on its backup or restore at once and then every second while

@@ -13,6 +13,8 @@ public struct RuntimeSettings: Sendable {
     public var pollInterval: Duration
     /// How often the scheduler runs a tick.
     public var schedulerInterval: Duration
+    /// How often garbage collection runs (on every node; it is safe to run concurrently).
+    public var gcInterval: Duration
     /// Storage quota of accounts created without one.
     public var defaultQuotaBytes: Int64
     /// When failed webhook deliveries are tried again.
@@ -26,6 +28,7 @@ public struct RuntimeSettings: Sendable {
         maxAttempts: Int = 3,
         pollInterval: Duration = .seconds(2),
         schedulerInterval: Duration = .seconds(60),
+        gcInterval: Duration = .seconds(600),
         defaultQuotaBytes: Int64 = 10 * 1024 * 1024 * 1024,
         webhookRetry: WebhookRetryPolicy = .init(),
         webhookAllowedHosts: Set<String>? = nil
@@ -37,6 +40,7 @@ public struct RuntimeSettings: Sendable {
         self.maxAttempts = maxAttempts
         self.pollInterval = pollInterval
         self.schedulerInterval = schedulerInterval
+        self.gcInterval = gcInterval
         self.defaultQuotaBytes = defaultQuotaBytes
     }
 }

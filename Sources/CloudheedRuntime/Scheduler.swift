@@ -116,17 +116,19 @@ public struct GarbageCollector: Sendable {
     }
 }
 
-/// Runs scheduler ticks, and garbage collection every ten minutes, until shutdown.
+/// Runs scheduler ticks, and garbage collection every `gcInterval` (ten minutes by default), until shutdown.
 public struct SchedulerService: Service {
     let scheduler: Scheduler
     let collector: GarbageCollector
     let interval: Duration
+    let gcInterval: Duration
     let logger: Logger
 
-    public init(scheduler: Scheduler, collector: GarbageCollector, interval: Duration, logger: Logger) {
+    public init(scheduler: Scheduler, collector: GarbageCollector, interval: Duration, gcInterval: Duration = .seconds(600), logger: Logger) {
         self.scheduler = scheduler
         self.collector = collector
         self.interval = interval
+        self.gcInterval = gcInterval
         self.logger = logger
     }
 
@@ -135,7 +137,7 @@ public struct SchedulerService: Service {
         while !Task.isCancelled, !Task.isShuttingDownGracefully {
             do {
                 try await scheduler.tick()
-                if lastSweep.map({ ContinuousClock.now - $0 > .seconds(600) }) ?? true {
+                if lastSweep.map({ ContinuousClock.now - $0 >= gcInterval }) ?? true {
                     try await collector.run()
                     lastSweep = .now
                 }

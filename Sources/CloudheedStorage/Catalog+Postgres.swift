@@ -751,6 +751,26 @@ public final class PostgresCatalog: Catalog, Sendable {
         }
     }
 
+    /// On a connection of its own with a short connect timeout, not through the pool: while the
+    /// server is down the pool's requests wait for it to come back, and readiness must not.
+    public func probe() async throws {
+        var configuration = endpoint.connectionConfiguration()
+        configuration.options.connectTimeout = .seconds(2)
+        let connection: PostgresConnection
+        do {
+            connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+        } catch {
+            throw Self.unavailable(error, endpoint: endpoint)
+        }
+        do {
+            try await connection.run("SELECT 1", logger)
+            try? await connection.close()
+        } catch {
+            try? await connection.close()
+            throw Self.unavailable(error, endpoint: endpoint)
+        }
+    }
+
     public func jobCounts() async throws -> (pending: Int, running: Int) {
         try await reading { c in
             let row = try await c.one(

@@ -208,6 +208,10 @@ extension PostgresCatalog: RepositoryIndex {
         return min(ms(cutoff), oldestRunning ?? Int64.max)
     }
 
+    public func oldestRunningBackupStart() async throws -> Date? {
+        try await reading { c in try await c.one("SELECT MIN(started_at) AS oldest FROM backups WHERE status = 'in_progress'", logger)?.optionalDate("oldest") }
+    }
+
     public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {
         try await transaction { c in
             try await Self.lockForGC(c, logger)

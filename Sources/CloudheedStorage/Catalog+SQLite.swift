@@ -734,6 +734,10 @@ public final class SQLiteCatalog: Catalog {
         }
     }
 
+    public func probe() async throws {
+        _ = try await pool.read { db in try Int.fetchOne(db, sql: "SELECT 1") }
+    }
+
     public func jobCounts() async throws -> (pending: Int, running: Int) {
         try await pool.read { db in
             let pending = try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM jobs WHERE status = 'pending'") ?? 0

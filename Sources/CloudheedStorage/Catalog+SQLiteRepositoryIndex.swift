@@ -277,6 +277,10 @@ extension SQLiteCatalog: RepositoryIndex {
         return min(ms(cutoff), oldestRunning ?? Int64.max)
     }
 
+    public func oldestRunningBackupStart() async throws -> Date? {
+        try await pool.read { db in try Int64.fetchOne(db, sql: "SELECT MIN(started_at) FROM backups WHERE status = 'in_progress'").map(date) }
+    }
+
     public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {
         try await pool.write { db in
             let ids = try String.fetchAll(

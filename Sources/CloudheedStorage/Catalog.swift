@@ -139,6 +139,9 @@ public protocol Catalog: Sendable {
     /// Available databases created before `cutoff` without a backup completed since.
     func databasesWithoutBackup(since cutoff: Date) async throws -> Int
 
+    /// Answers promptly whether the catalog can be reached now (readiness); throws if not.
+    func probe() async throws
+
     // MARK: Restore drills
     /// Available databases with drills on whose next drill is due.
     func dueDrills(now: Date, limit: Int) async throws -> [ManagedDatabase]

@@ -788,9 +788,12 @@ public struct DedupRepository: BackupRepository {
             report.objectsDeleted += due.count
             if due.count < 500 { break }
         }
-        // Objects a crash left between upload and index insert: unknown to the index, and old.
+        // Objects a crash left between upload and index insert: unknown to the index, and older
+        // than the grace and than every running backup (one may be waiting to record its upload,
+        // e.g. while the catalog restarts; on several nodes this sweep cannot tell).
+        let sweepCutoff = min(cutoff, try await index.oldestRunningBackupStart() ?? cutoff)
         for prefix in ["packs", "manifests"] {
-            let old = try await blobs.list(prefix: prefix).filter { $0.modifiedAt < cutoff }.map(\.key)
+            let old = try await blobs.list(prefix: prefix).filter { $0.modifiedAt < sweepCutoff }.map(\.key)
             let known = try await index.knownObjectKeys(old)
             for key in old where !known.contains(key) {
                 try await blobs.delete(key)

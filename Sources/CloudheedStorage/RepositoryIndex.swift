@@ -115,6 +115,9 @@ public protocol RepositoryIndex: AccountKeyStore {
     /// Points the chunks still in `oldPackID` at their copies in `newPack` (already durable), and
     /// retires the old pack if nothing is left in it, all in one transaction.
     func relocateChunks(from oldPackID: String, to newPack: PackRecord, chunks: [ChunkLocation], now: Date, grace: TimeInterval) async throws
+    /// When the backup running longest started (nil: none runs). What it uploaded is known to the
+    /// index only once recorded, so the orphan sweep leaves everything since alone.
+    func oldestRunningBackupStart() async throws -> Date?
     /// Objects whose deletion is due.
     func dueGarbageObjects(now: Date, limit: Int) async throws -> [String]
     func forgetGarbageObjects(_ keys: [String]) async throws

@@ -21,6 +21,10 @@ struct Serve: AsyncParsableCommand {
     var port: Int?
     @Option(help: "Seconds between scheduler ticks (env CLOUDHEED_SCHEDULER_INTERVAL). Default 60.")
     var schedulerInterval: Int?
+    @Option(help: "Seconds between garbage collections (env CLOUDHEED_GC_INTERVAL). Default 600.")
+    var gcInterval: Int?
+    @Option(help: "Seconds data no backup refers to any more is kept before deletion, so readers that looked it up can finish (env CLOUDHEED_GC_GRACE). Default 3600.")
+    var gcGrace: Int?
     @Option(help: "Jobs run at once (env CLOUDHEED_WORKERS). Default: number of cores.")
     var workers: Int?
     @Option(help: "Storage quota of accounts created without one, in bytes (env CLOUDHEED_DEFAULT_QUOTA_BYTES). Default 10 GiB.")
@@ -66,6 +70,8 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.port", port.map { .int($0) })
         set("cloudheed.scheduler.interval", schedulerInterval.map { .int($0) })
         set("cloudheed.workers", workers.map { .int($0) })
+        set("cloudheed.gc.interval", gcInterval.map { .int($0) })
+        set("cloudheed.gc.grace", gcGrace.map { .int($0) })
         set("cloudheed.default.quota.bytes", defaultQuotaBytes.map { .int($0) })
         set("cloudheed.lease.seconds", leaseSeconds.map { .int($0) })
         set("cloudheed.log.level", logLevel.map { .string($0) })
@@ -90,6 +96,10 @@ struct Serve: AsyncParsableCommand {
         guard workers >= 1 else { throw ValidationError("--workers must be at least 1") }
         let interval = config.int(forKey: "cloudheed.scheduler.interval", default: 60)
         guard interval >= 1 else { throw ValidationError("--scheduler-interval must be at least 1 second") }
+        let gcEvery = config.int(forKey: "cloudheed.gc.interval", default: 600)
+        guard gcEvery >= 1 else { throw ValidationError("--gc-interval must be at least 1 second") }
+        let gcGrace = config.int(forKey: "cloudheed.gc.grace", default: 3600)
+        guard gcGrace >= 1 else { throw ValidationError("--gc-grace must be at least 1 second") }
         let lease = config.int(forKey: "cloudheed.lease.seconds", default: 60)
         guard lease >= 3 else { throw ValidationError("--lease-seconds must be at least 3") }
         let quota = config.int(forKey: "cloudheed.default.quota.bytes", default: 10 * 1024 * 1024 * 1024)
@@ -151,7 +161,7 @@ struct Serve: AsyncParsableCommand {
         let logger = Logger(label: "cloudheed")
 
         let settings = RuntimeSettings(
-            workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), defaultQuotaBytes: Int64(quota),
+            workers: workers, leaseDuration: .seconds(lease), schedulerInterval: .seconds(interval), gcInterval: .seconds(gcEvery), defaultQuotaBytes: Int64(quota),
             webhookRetry: WebhookRetryPolicy(base: .seconds(retrySeconds)), webhookAllowedHosts: allowedHosts)
         var serve = ServeConfiguration(
             dataDirectory: config.string(forKey: "cloudheed.data.dir", default: "./cloudheed-data"),
@@ -164,6 +174,7 @@ struct Serve: AsyncParsableCommand {
             metricsToken: config.string(forKey: "cloudheed.metrics.token", isSecret: true))
         serve.s3 = s3
         serve.catalog = catalogEndpoint
+        serve.garbageGrace = TimeInterval(gcGrace)
         serve.databasesDirectory = config.string(forKey: "cloudheed.databases.dir")
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
