@@ -117,7 +117,7 @@ let package = Package(
         .executableTarget(
             name: "cloudheed-bench",
             dependencies: [
-                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines",
+                "CloudheedDomain", "CloudheedStorage", "CloudheedEngines", "CloudheedRuntime",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
@@ -128,6 +128,7 @@ let package = Package(
             dependencies: [
                 "CloudheedEngines",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Subprocess", package: "swift-subprocess"),
             ],

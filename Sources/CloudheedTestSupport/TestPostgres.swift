@@ -63,8 +63,7 @@ public final class TestPostgres: Sendable {
         for _ in 0..<5 {
             let server = TestPostgres(directory: directory, port: try freePort())
             do {
-                try await tool("pg_ctl", ["-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "60", "start", "-o",
-                                          "-c listen_addresses=127.0.0.1 -c port=\(server.port) -c unix_socket_directories=\(directory) -c fsync=off -c full_page_writes=off -c max_connections=50"])
+                try await server.startServer()
                 try await server.superuser("CREATE ROLE cloudheed_admin LOGIN CREATEDB CREATEROLE PASSWORD '\(adminPassword)'")
                 return server
             } catch {
@@ -72,6 +71,17 @@ public final class TestPostgres: Sendable {
             }
         }
         throw lastError!
+    }
+
+    public func startServer() async throws {
+        try await Self.tool("pg_ctl", ["-D", directory + "/data", "-l", directory + "/log", "-w", "-t", "60", "start", "-o",
+                                       "-c listen_addresses=127.0.0.1 -c port=\(port) -c unix_socket_directories=\(directory) -c fsync=off -c full_page_writes=off -c max_connections=120"])
+    }
+
+    /// Crashes the server (`pg_ctl stop -m immediate`: no checkpoint, clients cut off);
+    /// `startServer()` brings it back on the same port, recovering from its WAL.
+    public func crash() async throws {
+        try await Self.tool("pg_ctl", ["-D", directory + "/data", "-m", "immediate", "-w", "stop"])
     }
 
     public func stop() async {

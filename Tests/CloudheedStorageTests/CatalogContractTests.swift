@@ -437,3 +437,102 @@ struct CatalogDeletionContractTests {
         }
     }
 }
+
+@Suite("Catalog contract: webhooks and drills", .postgresServer)
+struct CatalogWebhookDrillContractTests {
+    func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
+        try await factory.with { catalog in
+            var fixture = Fixture(catalog: catalog)
+            try await body(&fixture)
+        }
+    }
+
+    func webhook(_ id: String, _ account: Account, events: [WebhookEvent] = [.backupFailed, .drillFailed]) -> Webhook {
+        Webhook(id: id, accountID: account.id, url: "https://hooks.example/\(id)", events: events, description: "d-\(id)", createdAt: t0)
+    }
+
+    @Test("Webhooks round-trip per account, up to the limit; other accounts see none", arguments: CatalogFactory.all)
+    func webhooks(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let a = try await f.account()
+            let b = try await f.account()
+            let hook = webhook("wh-1", a)
+            try await f.catalog.insertWebhook(hook, sealedSecret: [9, 8, 7])
+            #expect(try await f.catalog.webhooks(accountID: a.id) == [hook])
+            #expect(try await f.catalog.webhook(id: "wh-1", accountID: a.id) == hook)
+            #expect(try await f.catalog.webhook(id: "wh-1", accountID: b.id) == nil)
+            #expect(try await f.catalog.deleteWebhook(id: "wh-1", accountID: b.id) == false)
+            for n in 2...Webhook.limitPerAccount { try await f.catalog.insertWebhook(webhook("wh-\(n)", a), sealedSecret: [1]) }
+            await #expect(throws: DomainError.self) { try await f.catalog.insertWebhook(webhook("wh-over", a), sealedSecret: [1]) }
+            #expect(try await f.catalog.deleteWebhook(id: "wh-1", accountID: a.id))
+            #expect(try await f.catalog.webhooks(accountID: a.id).count == Webhook.limitPerAccount - 1)
+        }
+    }
+
+    @Test("A failed backup queues one delivery per subscribed webhook; attempts, retry times and delivery are recorded", arguments: CatalogFactory.all)
+    func deliveries(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            try await f.catalog.insertWebhook(webhook("wh-fail", account), sealedSecret: [4, 2])
+            try await f.catalog.insertWebhook(webhook("wh-done", account, events: [.backupCompleted]), sealedSecret: [1])
+            let backup = try await f.manualBackup(try await f.database(account))
+            let job = try #require(try await f.catalog.claimJob(leaseToken: "l", now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+            #expect(try await f.catalog.finishJob(job, outcome: .failed(ErrorInfo(code: "boom", message: "it broke")), at: t0) == .applied)
+
+            let due = try await f.catalog.claimDeliveries(now: t0, lease: .seconds(30), limit: 10)
+            #expect(due.map(\.webhookID) == ["wh-fail"])
+            let delivery = try #require(due.first)
+            #expect(delivery.event == .backupFailed && delivery.attempt == 1 && delivery.sealedSecret == [4, 2] && delivery.accountID == account.id)
+            #expect(delivery.payload.contains(backup.id) && delivery.payload.contains("boom"))
+            // Held by its sender: nobody else takes it meanwhile.
+            #expect(try await f.catalog.claimDeliveries(now: t0, lease: .seconds(30), limit: 10).isEmpty)
+
+            let retryAt = t0.addingTimeInterval(10)
+            try await f.catalog.recordDeliveryAttempt(delivery, attempt: DeliveryAttempt(at: t0, statusCode: 500, error: nil, durationMs: 12), retryAt: retryAt)
+            #expect(try await f.catalog.claimDeliveries(now: t0.addingTimeInterval(5), lease: .seconds(30), limit: 10).isEmpty)
+            let again = try #require(try await f.catalog.claimDeliveries(now: retryAt, lease: .seconds(30), limit: 10).first)
+            #expect(again.id == delivery.id && again.attempt == 2 && again.payload == delivery.payload)
+            try await f.catalog.recordDeliveryAttempt(again, attempt: DeliveryAttempt(at: retryAt, statusCode: 204, error: nil, durationMs: 3), retryAt: nil)
+
+            let listed = try await f.catalog.deliveries(webhookID: "wh-fail", accountID: account.id, limit: 10)
+            #expect(listed.count == 1)
+            #expect(listed.first?.status == .delivered && listed.first?.deliveredAt == retryAt)
+            #expect(listed.first?.attempts.map(\.statusCode) == [500, 204])
+            #expect(try await f.catalog.deliveries(webhookID: "wh-done", accountID: account.id, limit: 10).isEmpty)
+            #expect(try await f.catalog.pruneDeliveries(before: t0) == 0)
+            #expect(try await f.catalog.pruneDeliveries(before: retryAt.addingTimeInterval(1)) == 1)
+        }
+    }
+
+    @Test("Drills: none without a completed backup, one queued per due database, a failed drill recorded on backup and database and alerted", arguments: CatalogFactory.all)
+    func drills(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            try await f.catalog.insertWebhook(webhook("wh-drill", account, events: [.drillFailed]), sealedSecret: [1])
+            let database = try await f.database(account)
+            _ = try await f.catalog.updateDatabase(
+                id: database.id, accountID: account.id, changes: DatabaseChanges(restoreDrills: .daily, nextDrillAt: t0))
+            #expect(try await f.catalog.dueDrills(now: t0, limit: 10).map(\.id) == [database.id])
+            // No completed backup yet: nothing queued, looked at again later.
+            #expect(try await f.catalog.enqueueDrill(databaseID: database.id, jobID: "job-d0", now: t0, next: t0.addingTimeInterval(day), retryWithoutBackup: t0.addingTimeInterval(3600)) == nil)
+            #expect(try await f.catalog.database(id: database.id)?.nextDrillAt == t0.addingTimeInterval(3600))
+
+            let backup = try await f.manualBackup(database)
+            _ = try await f.completeNextJob()
+            let later = t0.addingTimeInterval(3600)
+            #expect(try await f.catalog.enqueueDrill(databaseID: database.id, jobID: "job-d1", now: later, next: later.addingTimeInterval(day), retryWithoutBackup: later) == backup.id)
+            // Not due any more: a second scheduler (another node) queues nothing.
+            #expect(try await f.catalog.enqueueDrill(databaseID: database.id, jobID: "job-d2", now: later, next: later.addingTimeInterval(day), retryWithoutBackup: later) == nil)
+            // Only the drill lane claims it.
+            #expect(try await f.catalog.claimJob(leaseToken: "main", now: later, leaseDuration: .seconds(60), maxAttempts: 3, kinds: [.backup, .restore, .verify]) == nil)
+            let job = try #require(try await f.catalog.claimJob(leaseToken: "drill", now: later, leaseDuration: .seconds(60), maxAttempts: 3, kinds: [.drill]))
+            #expect(job.kind == .drill && job.subjectID == backup.id)
+            let result = DrillResult(at: later, result: .failed, durationMs: 42, error: ErrorInfo(code: "row_count_mismatch", message: "t: 3 rows, 4 recorded"))
+            #expect(try await f.catalog.finishJob(job, outcome: .drilled(result), at: later) == .applied)
+            #expect(try await f.catalog.backup(id: backup.id)?.lastDrill == result)
+            #expect(try await f.catalog.database(id: database.id)?.lastDrill == result)
+            let alert = try #require(try await f.catalog.claimDeliveries(now: later, lease: .seconds(30), limit: 10).first)
+            #expect(alert.event == .drillFailed && alert.payload.contains("row_count_mismatch"))
+        }
+    }
+}

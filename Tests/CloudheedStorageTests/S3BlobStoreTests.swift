@@ -119,14 +119,14 @@ struct S3BlobStoreTests {
     func retries() async throws {
         let s3 = try await TestS3.start()
         defer { s3.stop() }
-        try await FaultyProxy.run(upstream: s3.endpoint) { proxy in
+        try await S3Proxy.run(upstream: s3.endpoint, mode: .failEveryOther) { proxy in
             let store = Self.store(s3, endpoint: proxy.endpoint)
             try await store.createBucket()
             let bytes = (0..<100_000).map { UInt8($0 % 253) }
             for n in 0..<5 { try await store.put("packs/p\(n)", bytes) }
             for n in 0..<5 { #expect(try await store.get("packs/p\(n)") == bytes) }
             #expect(try await store.list(prefix: "packs").count == 5)
-            #expect(proxy.counter.failures >= 8)
+            #expect(proxy.failures >= 8)
             // With no retries left, a failure surfaces as an error, never as data.
             let impatient = Self.store(s3, endpoint: proxy.endpoint, maxAttempts: 1)
             var errors = 0
@@ -135,51 +135,5 @@ struct S3BlobStoreTests {
             }
             #expect(errors >= 1)
         }
-    }
-}
-
-/// A proxy in front of moto_server that fails every other request: 500, 503 or 429, in turn.
-struct FaultyProxy: Sendable {
-    let endpoint: String
-    let counter: Counter
-
-    static func run(upstream: String, _ body: @Sendable (FaultyProxy) async throws -> Void) async throws {
-        let port = try freeLoopbackPort()
-        let counter = Counter()
-        let router = Router()
-        let forward: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, _ in
-            let n = counter.next()
-            if n % 2 == 1 {
-                counter.failed()
-                let status: HTTPResponse.Status = [.internalServerError, .serviceUnavailable, .tooManyRequests][(n / 2) % 3]
-                return Response(status: status, body: .init(byteBuffer: ByteBuffer(string: "<Error><Code>SlowDown</Code></Error>")))
-            }
-            var upstreamRequest = HTTPClientRequest(url: upstream + request.uri.description)
-            upstreamRequest.method = .init(rawValue: request.method.rawValue)
-            for field in request.headers { upstreamRequest.headers.add(name: field.name.rawName, value: field.value) }
-            upstreamRequest.body = .bytes(try await request.body.collect(upTo: 64 << 20))
-            let response = try await HTTPClient.shared.execute(upstreamRequest, timeout: .seconds(30))
-            var headers = HTTPFields()
-            for (name, value) in response.headers where name.lowercased() != "content-length" && name.lowercased() != "transfer-encoding" {
-                if let field = HTTPField.Name(name) { headers.append(HTTPField(name: field, value: value)) }
-            }
-            let bytes = try await response.body.collect(upTo: 64 << 20)
-            return Response(status: .init(code: Int(response.status.code)), headers: headers, body: .init(byteBuffer: bytes))
-        }
-        for method in [HTTPRequest.Method.get, .put, .post, .delete, .head] {
-            router.on("/", method: method, use: forward)
-            router.on("**", method: method, use: forward)
-        }
-        try await withLoopbackServer(router, port: port, label: "faulty-proxy") {
-            try await body(FaultyProxy(endpoint: "http://127.0.0.1:\(port)", counter: counter))
-        }
-    }
-
-    final class Counter: Sendable {
-        let requests = Atomic<Int>(0)
-        let failuresMade = Atomic<Int>(0)
-        func next() -> Int { requests.add(1, ordering: .relaxed).oldValue }
-        func failed() { failuresMade.add(1, ordering: .relaxed) }
-        var failures: Int { failuresMade.load(ordering: .relaxed) }
     }
 }
