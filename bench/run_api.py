@@ -6,7 +6,8 @@
 
 A catalog of `--databases` databases with `--backups` completed automatic backups each is made
 the way the service would have made it: the account and one database through the API, the rest
-bulk-inserted into the same SQLite catalog with the service stopped (each backup with its own
+bulk-inserted into the same catalog (the SQLite file, or with `--catalog postgresql` a PostgreSQL
+15 server this script starts itself, loaded with COPY) with the service stopped (each backup with its own
 manifest layer referencing a few chunks, some shared, so `unique_bytes` is real work). Then
 `cloudheed serve` runs and wrk asks for the backup list of a random database on every request,
 with 50 connections on loopback. Prints requests per second and latency percentiles.
@@ -14,6 +15,7 @@ with 50 connections on loopback. Prints requests per second and latency percenti
 import argparse, json, os, random, shutil, signal, sqlite3, subprocess, sys, time, urllib.request
 
 TARGET_RPS, TARGET_P99_MS = 10_000, 10.0
+TARGET_RPS_POSTGRES = 5_000
 
 
 def call(base, method, path, token, body=None):
@@ -23,10 +25,11 @@ def call(base, method, path, token, body=None):
         return json.loads(response.read() or b"null")
 
 
-def serve(binary, workdir, port, admin):
+def serve(binary, workdir, port, admin, catalog=None):
     env = dict(os.environ, CLOUDHEED_ADMIN_TOKEN=admin)
+    extra = ["--catalog", catalog] if catalog else []
     child = subprocess.Popen([binary, "serve", "--data-dir", workdir, "--port", str(port), "--log-level", "error",
-                              "--scheduler-interval", "3600"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              "--scheduler-interval", "3600", *extra], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1)
@@ -84,6 +87,67 @@ def fill(catalog_path, account, template, databases, backups):
     db.close()
 
 
+def fill_postgres(server, database, account, template, databases, backups):
+    """The same rows as `fill`, streamed into the PostgreSQL catalog with COPY."""
+    import csv, io
+    from run_postgres import BIN, as_postgres
+    now = int(time.time() * 1000)
+    day = 86_400_000
+    row = json.loads(server.sql(f"SELECT row_to_json(d) FROM databases d WHERE id = '{template}'", db=database))
+    row.pop("seq")
+    columns = list(row)
+    rng = random.Random(7)
+    chunk_ids = [os.urandom(32).hex() for _ in range(40_000)]
+    packs = [f"benchpack{p:04d}" for p in range(100)]
+
+    def copy(table, cols, rows):
+        proc = subprocess.Popen(as_postgres([f"{BIN}/psql", "-h", server.dir, "-p", str(server.port), "-U", "postgres", "-d", database, "-v",
+                                             "ON_ERROR_STOP=1", "-c", f"COPY {table} ({', '.join(cols)}) FROM STDIN WITH (FORMAT csv)"]),
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        out = io.StringIO()
+        writer = csv.writer(out)
+        for r in rows:
+            writer.writerow(["" if v is None else v for v in r])
+            if out.tell() > 1 << 20:
+                proc.stdin.write(out.getvalue()); out.seek(0); out.truncate()
+        proc.stdin.write(out.getvalue())
+        proc.stdin.close()
+        if proc.wait() != 0:
+            sys.exit(f"COPY {table} failed")
+
+    copy("packs", ["id", "account_id", "stored_size", "plain_size", "created_at"], ((p, account, 4194304, 4194304, now) for p in packs))
+    copy("chunks", ["account_id", "id", "pack_id", '"offset"', "length", "stored_length", "created_at"],
+         ((account, "\\x" + c, packs[i % 100], 0, 4096, 1500, now) for i, c in enumerate(chunk_ids)))
+
+    def database_rows():
+        for n in range(databases):
+            r = dict(row)
+            r.update(id=f"db-bench{n:011d}", name=f"bench-{n}", location=row["location"].replace(template, f"db-bench{n:011d}"),
+                     next_backup_at=now + day // 2, restore_drills="off", next_drill_at=None)
+            yield [r[c] for c in columns]
+    copy("databases", columns, database_rows())
+    copy("layers", ["id", "account_id", "depth", "kind", "page_size", "entry_count", "logical_size", "stored_bytes", "object_checksum", "refs", "created_at"],
+         ((f"bench{n:06d}l{b:03d}", account, 0, "pages-full", 4096, 10, 40960, 15000, "x", 1, now - b * day) for n in range(databases) for b in range(backups)))
+
+    def layer_chunk_rows():
+        for n in range(databases):
+            for b in range(backups):
+                for c in rng.sample(range(len(chunk_ids)), 10):
+                    yield (f"bench{n:06d}l{b:03d}", account, "\\x" + chunk_ids[c])
+    copy("layer_chunks", ["layer_id", "account_id", "chunk_id"], layer_chunk_rows())
+
+    def backup_rows():
+        for n in range(databases):
+            for b in range(backups):
+                created = now - (b + 1) * day
+                yield (f"backup-bench{n:06d}{b:04d}", account, f"db-bench{n:011d}", f"automatic-{b}", "automatic", "completed", "sqlite",
+                       created, created, created + 60_000, now + 30 * day, time.strftime("%Y-%m-%d", time.gmtime(created / 1000)),
+                       f"bench{n:06d}l{b:03d}", 40960, "x", 15000)
+    copy("backups", ["id", "account_id", "database_id", "name", "type", "status", "engine", "created_at", "started_at", "completed_at",
+                     "expires_at", "scheduled_day", "object_key", "size_bytes", "checksum", "stored_bytes"], backup_rows())
+    server.sql("VACUUM ANALYZE", db=database)
+
+
 def wrk(port, token, databases, connections, seconds, workdir):
     script = os.path.join(workdir, "list.lua")
     with open(script, "w") as f:
@@ -109,6 +173,49 @@ def milliseconds(text):
     return float(text)
 
 
+def measure(args, kind, server=None):
+    """Fills a catalog of `kind`, serves it and runs wrk; returns the report row."""
+    workdir = os.path.join(args.workdir, kind)
+    shutil.rmtree(workdir, ignore_errors=True)
+    os.makedirs(workdir)
+    admin, base = "bench-admin-token", f"http://127.0.0.1:{args.port}"
+    catalog = None
+    if kind == "postgresql":
+        server.sql("CREATE DATABASE api OWNER cloudheed_admin")
+        catalog = f"postgresql://cloudheed_admin:bench-admin@127.0.0.1:{server.port}/api"
+
+    child = serve(args.bin, workdir, args.port, admin, catalog)
+    created = call(base, "POST", "/v1/accounts", admin, {"name": "bench", "storage_quota_bytes": 1 << 40})
+    account, token = created["account"]["id"], created["token"]
+    template = call(base, "POST", "/v1/databases", token, {"name": "template", "tier": "large", "restore_drills": "off"})["id"]
+    stop(child)
+    started = time.perf_counter()
+    if catalog:
+        fill_postgres(server, "api", account, template, args.databases, args.backups)
+    else:
+        fill(os.path.join(workdir, "catalog.sqlite3"), account, template, args.databases, args.backups)
+    print(f"{kind} catalog: {args.databases} databases x {args.backups} backups, filled in {time.perf_counter() - started:.0f} s", flush=True)
+
+    child = serve(args.bin, workdir, args.port, admin, catalog)
+    try:
+        sample = call(base, "GET", "/v1/databases/db-bench00000000042/backups", token)
+        assert len(sample["backups"]) == args.backups, sample
+        wrk(args.port, token, args.databases, args.connections, 3, workdir)  # warm-up
+        rps, latency, non2xx, raw = wrk(args.port, token, args.databases, args.connections, args.seconds, workdir)
+    finally:
+        stop(child)
+    p50, p99 = milliseconds(latency.get("50%", "0ms")), milliseconds(latency.get("99%", "0ms"))
+    print(raw)
+    if non2xx:
+        print("WARNING:", non2xx)
+    if kind == "postgresql":
+        verdict = f">= {TARGET_RPS_POSTGRES:,} req/s: {'met' if rps >= TARGET_RPS_POSTGRES else 'missed'}"
+    else:
+        verdict = (f">= {TARGET_RPS:,} req/s and p99 < {TARGET_P99_MS:.0f} ms: "
+                   f"{'met' if rps >= TARGET_RPS and p99 < TARGET_P99_MS else 'missed'}")
+    return f"| {'PostgreSQL' if catalog else 'SQLite'} | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | {verdict} |"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--databases", type=int, default=10_000)
@@ -118,39 +225,25 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--port", type=int, default=18470)
+    ap.add_argument("--catalog", choices=["sqlite", "postgresql", "both"], default="both")
     args = ap.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     shutil.rmtree(args.workdir, ignore_errors=True)
     os.makedirs(args.workdir)
-    admin, base = "bench-admin-token", f"http://127.0.0.1:{args.port}"
-
-    child = serve(args.bin, args.workdir, args.port, admin)
-    created = call(base, "POST", "/v1/accounts", admin, {"name": "bench", "storage_quota_bytes": 1 << 40})
-    account, token = created["account"]["id"], created["token"]
-    template = call(base, "POST", "/v1/databases", token, {"name": "template", "tier": "large", "restore_drills": "off"})["id"]
-    stop(child)
-    started = time.perf_counter()
-    fill(os.path.join(args.workdir, "catalog.sqlite3"), account, template, args.databases, args.backups)
-    print(f"catalog: {args.databases} databases x {args.backups} backups, filled in {time.perf_counter() - started:.0f} s, "
-          f"{os.path.getsize(os.path.join(args.workdir, 'catalog.sqlite3')) / 2**20:.0f} MiB")
-
-    child = serve(args.bin, args.workdir, args.port, admin)
-    try:
-        sample = call(base, "GET", "/v1/databases/db-bench00000000042/backups", token)
-        assert len(sample["backups"]) == args.backups, sample
-        wrk(args.port, token, args.databases, args.connections, 3, args.workdir)  # warm-up
-        rps, latency, non2xx, raw = wrk(args.port, token, args.databases, args.connections, args.seconds, args.workdir)
-    finally:
-        stop(child)
-    p50, p99 = milliseconds(latency.get("50%", "0ms")), milliseconds(latency.get("99%", "0ms"))
-    print(raw)
+    rows = []
+    if args.catalog in ("sqlite", "both"):
+        rows.append(measure(args, "sqlite"))
+    if args.catalog in ("postgresql", "both"):
+        from run_postgres import Server
+        server = Server(args.workdir)
+        try:
+            rows.append(measure(args, "postgresql", server))
+        finally:
+            server.stop()
     print("| catalog | req/s | p50 | p99 | target |")
     print("|---|---|---|---|---|")
-    print(f"| SQLite | {rps:,.0f} | {p50:.2f} ms | {p99:.2f} ms | >= {TARGET_RPS:,} req/s and p99 < {TARGET_P99_MS:.0f} ms: "
-          f"{'met' if rps >= TARGET_RPS and p99 < TARGET_P99_MS else 'missed'} |")
-    if non2xx:
-        print("WARNING:", non2xx)
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -117,8 +117,14 @@ case "pg-restore":
     _ = try await engine.prepareRestore(at: database)
     try await engine.restore(stored, from: repository, accountID: "acct-bench", to: database)
     print("{\"seconds\": \((ContinuousClock.now - start).seconds), \"peak_rss\": \(peakRSS())}")
+case "scheduler-tick":
+    try await schedulerTickBench()
+case "claims":
+    try await claimsBench()
+case "storage-throughput":
+    try await storageThroughputBench()
 default:
-    fail("usage: cloudheed-bench backup|restore|changed-pages|pg-backup|pg-restore ... (driven by bench/run_sqlite.py, bench/run_postgres.py)")
+    fail("usage: cloudheed-bench backup|restore|changed-pages|pg-backup|pg-restore|scheduler-tick|claims|storage-throughput ... (driven by bench/run_*.py)")
 }
 
 extension Optional {
