@@ -25,14 +25,13 @@ public struct PostgresServer: Sendable, Equatable {
 
     /// Parses `postgresql://` or `postgres://` URLs; the message never repeats the password.
     public init(url: String) throws(EngineError) {
-        let invalid = EngineError(code: "invalid_configuration", message: "the PostgreSQL URL must look like postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
-        guard let components = URLComponents(string: url), ["postgresql", "postgres"].contains(components.scheme ?? ""),
-              let host = components.host, !host.isEmpty, let user = components.user, !user.isEmpty else { throw invalid }
-        let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
-        self.init(
-            host: host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host, port: components.port ?? 5432,
-            username: user.removingPercentEncoding ?? user, password: components.password.map { $0.removingPercentEncoding ?? $0 },
-            database: path.isEmpty ? "postgres" : path)
+        let endpoint: PostgresCatalog.Endpoint
+        do {
+            endpoint = try PostgresCatalog.Endpoint(url: url, defaultDatabase: "postgres")
+        } catch {
+            throw EngineError(code: "invalid_configuration", message: "the PostgreSQL URL must look like postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
+        }
+        self.init(host: endpoint.host, port: endpoint.port, username: endpoint.username, password: endpoint.password, database: endpoint.database)
     }
 
     func configuration(database: String? = nil) -> PostgresConnection.Configuration {

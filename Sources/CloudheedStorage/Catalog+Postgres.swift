@@ -33,17 +33,19 @@ public final class PostgresCatalog: Catalog, Sendable {
             self.database = database
         }
 
-        /// Parses `postgresql://USER:PASSWORD@HOST:PORT/DBNAME` (or `postgres://`).
-        public init(url: String) throws(DomainError) {
-            let invalid = DomainError.invalidField("catalog", "the catalog URL must look like postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
+        /// Parses `postgresql://USER:PASSWORD@HOST:PORT/DBNAME` (or `postgres://`); without a
+        /// database name in the path, `defaultDatabase`, else it is refused. The message never
+        /// repeats the password.
+        public init(url: String, defaultDatabase: String? = nil) throws(DomainError) {
+            let invalid = DomainError.invalidField("catalog", "the URL must look like postgresql://USER:PASSWORD@HOST:PORT/DBNAME")
             guard let components = URLComponents(string: url), ["postgresql", "postgres"].contains(components.scheme ?? ""),
                   let host = components.host, !host.isEmpty, let user = components.user, !user.isEmpty else { throw invalid }
             let path = components.path.hasPrefix("/") ? String(components.path.dropFirst()) : components.path
-            guard !path.isEmpty else { throw invalid }
+            guard let database = path.isEmpty ? defaultDatabase : path else { throw invalid }
             self.init(
                 host: host.hasPrefix("[") ? String(host.dropFirst().dropLast()) : host, port: components.port ?? 5432,
                 username: user.removingPercentEncoding ?? user, password: components.password.map { $0.removingPercentEncoding ?? $0 },
-                database: path)
+                database: database)
         }
 
         var place: String { "\(host):\(port)/\(database)" }

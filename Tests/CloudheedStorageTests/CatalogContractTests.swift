@@ -106,14 +106,16 @@ struct Fixture {
     }
 }
 
+/// Runs `body` with a fixture on a fresh catalog of `factory`'s kind.
+func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
+    try await factory.with { catalog in
+        var fixture = Fixture(catalog: catalog)
+        try await body(&fixture)
+    }
+}
+
 @Suite("Catalog contract", .postgresServer)
 struct CatalogContractTests {
-    func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
-        try await factory.with { catalog in
-            var fixture = Fixture(catalog: catalog)
-            try await body(&fixture)
-        }
-    }
 
     @Test("Accounts and tokens round-trip; tokens of unknown accounts are refused", arguments: CatalogFactory.all)
     func accounts(_ factory: CatalogFactory) async throws {
@@ -440,12 +442,6 @@ struct CatalogDeletionContractTests {
 
 @Suite("Catalog contract: webhooks and drills", .postgresServer)
 struct CatalogWebhookDrillContractTests {
-    func withCatalog(_ factory: CatalogFactory, _ body: (inout Fixture) async throws -> Void) async throws {
-        try await factory.with { catalog in
-            var fixture = Fixture(catalog: catalog)
-            try await body(&fixture)
-        }
-    }
 
     func webhook(_ id: String, _ account: Account, events: [WebhookEvent] = [.backupFailed, .drillFailed]) -> Webhook {
         Webhook(id: id, accountID: account.id, url: "https://hooks.example/\(id)", events: events, description: "d-\(id)", createdAt: t0)
