@@ -154,13 +154,13 @@ public final class PostgresCatalog: Catalog, Sendable {
             attempt += 1
             do {
                 return try await client.withConnection { connection in
-                    try await connection.query("BEGIN", logger: logger).collect()
+                    try await connection.run("BEGIN", logger)
                     do {
                         let value = try await body(connection)
-                        try await connection.query("COMMIT", logger: logger).collect()
+                        try await connection.run("COMMIT", logger)
                         return value
                     } catch {
-                        _ = try? await connection.query("ROLLBACK", logger: logger).collect()
+                        try? await connection.run("ROLLBACK", logger)
                         throw error
                     }
                 }

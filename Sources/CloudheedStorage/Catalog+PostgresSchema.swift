@@ -251,13 +251,11 @@ extension PostgresCatalog {
     /// Applies the migrations `client`'s database has not had yet, in one transaction under the
     /// migration lock; returns their names.
     static func runMigrations(on connection: PostgresConnection, logger: Logger) async throws -> [String] {
-        try await connection.query("BEGIN", logger: logger).collect()
+        try await connection.run("BEGIN", logger)
         do {
-            try await connection.query("SELECT pg_advisory_xact_lock(\(migrationLock))", logger: logger).collect()
-            try await connection.query(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-                logger: logger
-            ).collect()
+            try await connection.run("SELECT pg_advisory_xact_lock(\(migrationLock))", logger)
+            try await connection.run(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (name TEXT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())", logger)
             var applied = Set<String>()
             for try await name in try await connection.query("SELECT name FROM schema_migrations", logger: logger).decode(String.self) {
                 applied.insert(name)
@@ -265,15 +263,15 @@ extension PostgresCatalog {
             var ran: [String] = []
             for migration in migrations where !applied.contains(migration.name) {
                 for statement in migration.statements {
-                    try await connection.query(PostgresQuery(unsafeSQL: statement), logger: logger).collect()
+                    try await connection.run(PostgresQuery(unsafeSQL: statement), logger)
                 }
-                try await connection.query("INSERT INTO schema_migrations (name) VALUES (\(migration.name))", logger: logger).collect()
+                try await connection.run("INSERT INTO schema_migrations (name) VALUES (\(migration.name))", logger)
                 ran.append(migration.name)
             }
-            try await connection.query("COMMIT", logger: logger).collect()
+            try await connection.run("COMMIT", logger)
             return ran
         } catch {
-            _ = try? await connection.query("ROLLBACK", logger: logger).collect()
+            try? await connection.run("ROLLBACK", logger)
             throw error
         }
     }
