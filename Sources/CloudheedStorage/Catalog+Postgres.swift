@@ -58,9 +58,7 @@ public final class PostgresCatalog: Catalog, Sendable {
         }
 
         func connectionConfiguration() -> PostgresConnection.Configuration {
-            var configuration = PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: .disable)
-            configuration.options.connectTimeout = .seconds(5)
-            return configuration
+            PostgresConnection.Configuration(host: host, port: port, username: username, password: password, database: database, tls: .disable)
         }
     }
 
@@ -106,16 +104,28 @@ public final class PostgresCatalog: Catalog, Sendable {
     /// Runs the migrations the catalog has not had yet, on a connection of its own; returns their names.
     @discardableResult
     public static func migrate(_ endpoint: Endpoint, logger: Logger) async throws -> [String] {
+        try await onOwnConnection(endpoint, connectTimeout: .seconds(5), logger: logger) { connection in
+            try await runMigrations(on: connection, logger: logger)
+        }
+    }
+
+    /// Runs `body` on a connection of its own, outside the pool, closed afterwards; failures to
+    /// reach the server become `catalog_unavailable`.
+    static func onOwnConnection<T: Sendable>(
+        _ endpoint: Endpoint, connectTimeout: TimeAmount, logger: Logger, _ body: (PostgresConnection) async throws -> T
+    ) async throws -> T {
+        var configuration = endpoint.connectionConfiguration()
+        configuration.options.connectTimeout = connectTimeout
         let connection: PostgresConnection
         do {
-            connection = try await PostgresConnection.connect(configuration: endpoint.connectionConfiguration(), id: 0, logger: logger)
+            connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
         } catch {
             throw unavailable(error, endpoint: endpoint)
         }
         do {
-            let ran = try await runMigrations(on: connection, logger: logger)
+            let value = try await body(connection)
             try? await connection.close()
-            return ran
+            return value
         } catch {
             try? await connection.close()
             throw unavailable(error, endpoint: endpoint)
@@ -756,20 +766,8 @@ public final class PostgresCatalog: Catalog, Sendable {
     /// On a connection of its own with a short connect timeout, not through the pool: while the
     /// server is down the pool's requests wait for it to come back, and readiness must not.
     public func probe() async throws {
-        var configuration = endpoint.connectionConfiguration()
-        configuration.options.connectTimeout = .seconds(2)
-        let connection: PostgresConnection
-        do {
-            connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
-        } catch {
-            throw Self.unavailable(error, endpoint: endpoint)
-        }
-        do {
+        try await Self.onOwnConnection(endpoint, connectTimeout: .seconds(2), logger: logger) { connection in
             try await connection.run("SELECT 1", logger)
-            try? await connection.close()
-        } catch {
-            try? await connection.close()
-            throw Self.unavailable(error, endpoint: endpoint)
         }
     }
 

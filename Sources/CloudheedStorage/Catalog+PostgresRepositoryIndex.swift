@@ -204,12 +204,15 @@ extension PostgresCatalog: RepositoryIndex {
     /// The cutoff, moved back to the start of the oldest backup still running: what a running
     /// backup has stored is referenced only once it records its manifest, however long it takes.
     static func protectedCutoff(_ cutoff: Date, _ c: PostgresConnection, _ logger: Logger) async throws -> Int64 {
-        let oldestRunning = try await c.one("SELECT MIN(started_at) AS oldest FROM backups WHERE status = 'in_progress'", logger)?.integer("oldest")
-        return min(ms(cutoff), oldestRunning ?? Int64.max)
+        min(ms(cutoff), try await oldestRunningStart(c, logger) ?? Int64.max)
+    }
+
+    static func oldestRunningStart(_ c: PostgresConnection, _ logger: Logger) async throws -> Int64? {
+        try await c.one("SELECT MIN(started_at) AS oldest FROM backups WHERE status = 'in_progress'", logger)?.integer("oldest")
     }
 
     public func oldestRunningBackupStart() async throws -> Date? {
-        try await reading { c in try await c.one("SELECT MIN(started_at) AS oldest FROM backups WHERE status = 'in_progress'", logger)?.optionalDate("oldest") }
+        try await reading { c in try await Self.oldestRunningStart(c, logger).map(date) }
     }
 
     public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {

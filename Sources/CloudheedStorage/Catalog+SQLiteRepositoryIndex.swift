@@ -273,12 +273,15 @@ extension SQLiteCatalog: RepositoryIndex {
     /// The cutoff, moved back to the start of the oldest backup still running: what a running
     /// backup has stored is referenced only once it records its manifest, however long it takes.
     static func protectedCutoff(_ cutoff: Date, _ db: GRDB.Database) throws -> Int64 {
-        let oldestRunning = try Int64.fetchOne(db, sql: "SELECT MIN(started_at) FROM backups WHERE status = 'in_progress'")
-        return min(ms(cutoff), oldestRunning ?? Int64.max)
+        min(ms(cutoff), try oldestRunningStart(db) ?? Int64.max)
+    }
+
+    static func oldestRunningStart(_ db: GRDB.Database) throws -> Int64? {
+        try Int64.fetchOne(db, sql: "SELECT MIN(started_at) FROM backups WHERE status = 'in_progress'")
     }
 
     public func oldestRunningBackupStart() async throws -> Date? {
-        try await pool.read { db in try Int64.fetchOne(db, sql: "SELECT MIN(started_at) FROM backups WHERE status = 'in_progress'").map(date) }
+        try await pool.read { db in try Self.oldestRunningStart(db).map(date) }
     }
 
     public func releaseAbandonedLayers(createdBefore: Date, now: Date, grace: TimeInterval) async throws -> Int {

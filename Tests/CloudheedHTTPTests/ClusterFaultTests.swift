@@ -39,7 +39,7 @@ final class ClusterNode: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: try cloudheedBinary())
         process.arguments = ["serve", "--data-dir", directory, "--port", "\(port)"] + arguments
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
-        if !FileManager.default.fileExists(atPath: directory + ".log") { FileManager.default.createFile(atPath: directory + ".log", contents: nil) }
+        if !FileManager.default.fileExists(atPath: directory + ".log") { _ = FileManager.default.createFile(atPath: directory + ".log", contents: nil) }
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: directory + ".log"))
         try log.seekToEnd()
         process.standardOutput = log
@@ -475,13 +475,13 @@ struct ClusterFaultTests {
 
     /// Waits for garbage collection to settle, then compares the bucket with the catalog.
     func garbageCheck(_ cluster: Cluster) async throws -> String {
+        let unreferencedChunks = "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM layer_chunks lc WHERE lc.account_id = c.account_id AND lc.chunk_id = c.id)"
         // Restored copies of automatic backups were deleted: give expiry, GC (every 3 s, 5 s grace) time.
         var objects: [String] = []
         for _ in 0..<60 {
             try await Task.sleep(for: .seconds(1))
             let queued = try await cluster.number("SELECT count(*) FROM garbage_objects")
-            let unreferenced = try await cluster.number(
-                "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM layer_chunks lc WHERE lc.account_id = c.account_id AND lc.chunk_id = c.id)")
+            let unreferenced = try await cluster.number(unreferencedChunks)
             objects = try await cluster.store.list(prefix: "packs").map(\.key)
             let packs = try await cluster.number("SELECT count(*) FROM packs")
             if queued == 0, unreferenced == 0, objects.count == packs { break }
@@ -490,8 +490,7 @@ struct ClusterFaultTests {
         let stored = Set(objects)
         #expect(stored.subtracting(known).isEmpty, "pack objects the catalog does not know: \(stored.subtracting(known).prefix(5))")
         #expect(known.subtracting(stored).isEmpty, "packs the catalog refers to that are missing: \(known.subtracting(stored).prefix(5))")
-        let unreferenced = try await cluster.number(
-            "SELECT count(*) FROM chunks c WHERE NOT EXISTS (SELECT 1 FROM layer_chunks lc WHERE lc.account_id = c.account_id AND lc.chunk_id = c.id)")
+        let unreferenced = try await cluster.number(unreferencedChunks)
         let holes = try await cluster.number(
             "SELECT count(*) FROM layer_chunks lc WHERE NOT EXISTS (SELECT 1 FROM chunks c WHERE c.account_id = lc.account_id AND c.id = lc.chunk_id)")
         #expect(unreferenced == 0)
