@@ -178,13 +178,15 @@ struct FaultFigures: CustomStringConvertible {
     var killedJobs = 0
     var completed = 0
     var failed = 0
+    /// Why those failed: "code ×n" per error code.
+    var failureCodes = ""
     var verified = 0
     var restored = 0
     var takenOver = 0
     var quiesceSeconds = 0.0
     var description: String {
         "\(fault): queue drained \(String(format: "%.1f", quiesceSeconds)) s after the workload stopped; "
-            + "backups completed \(completed), failed \(failed); verified \(verified), restored \(restored)"
+            + "backups completed \(completed), failed \(failed)\(failureCodes.isEmpty ? "" : " (\(failureCodes))"); verified \(verified), restored \(restored)"
             + (fault.hasPrefix("kill") ? "; jobs the killed nodes held \(killedJobs), seen taken over by other nodes \(takenOver)" : "")
     }
 }
@@ -434,6 +436,8 @@ struct ClusterFaultTests {
 
         figures.completed = try await cluster.number("SELECT count(*) FROM backups WHERE status = 'completed'")
         figures.failed = try await cluster.number("SELECT count(*) FROM backups WHERE status = 'failed'")
+        figures.failureCodes = try await cluster.sql(
+            "SELECT string_agg(error_code || ' ×' || n, ', ') FROM (SELECT error_code, count(*) AS n FROM backups WHERE status = 'failed' GROUP BY 1 ORDER BY 1) f")
         // Every completed backup not checked before: verified (all its data read and checked), and restored.
         let rows = try await cluster.sql("SELECT id || '|' || database_id FROM backups WHERE status = 'completed' ORDER BY created_at")
         let fresh = rows.split(separator: "\n").compactMap { line -> (backup: String, database: String)? in
