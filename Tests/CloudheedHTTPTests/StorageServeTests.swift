@@ -8,7 +8,7 @@ import Subprocess
 import SystemPackage
 import Testing
 
-@Suite("Storage choice, readiness and migrations")
+@Suite("Storage choice, readiness and migrations", .postgresServer)
 struct StorageServeTests {
     @Test("/healthz/ready reports catalog and storage separately: 200 when both answer, 503 naming the storage when it cannot be written")
     func readiness() async throws {
@@ -36,6 +36,22 @@ struct StorageServeTests {
         #expect(first.output.contains("v7-drills"))
         let second = try await runCloudheed(["migrate", "--data-dir", directory])
         #expect(second.output.contains("catalog is up to date"), "\(second.output)")
+    }
+
+    @Test("cloudheed migrate --catalog postgresql://… migrates the shared catalog once; a malformed URL is a usage error that never echoes the password")
+    func migratePostgres() async throws {
+        let postgres = try #require(TestPostgres.current)
+        try await postgres.superuser("CREATE DATABASE migrated OWNER cloudheed_admin")
+        let url = "postgresql://cloudheed_admin:\(TestPostgres.adminPassword)@127.0.0.1:\(postgres.port)/migrated"
+        let first = try await runCloudheed(["migrate", "--catalog", url])
+        #expect(first.status == .exited(0))
+        #expect(first.output.contains("applied: v1-catalog"), "\(first.output)")
+        let second = try await runCloudheed(["migrate", "--catalog", url])
+        #expect(second.output.contains("catalog is up to date"), "\(second.output)")
+        #expect(try await postgres.superuser("SELECT count(*) FROM schema_migrations", database: "migrated") == "1\n")
+        let malformed = try await runCloudheed(["migrate", "--catalog", "mysql://root:hunter2-secret@127.0.0.1/x"])
+        #expect(malformed.status == .exited(64))
+        #expect(malformed.output.contains("postgresql://USER:PASSWORD@HOST:PORT/DBNAME") && !malformed.output.contains("hunter2-secret"), "\(malformed.output)")
     }
 
     @Test("serve --storage s3://… on moto_server: backups go to the bucket, restore byte for byte, and readiness follows the endpoint")

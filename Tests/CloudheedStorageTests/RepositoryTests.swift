@@ -461,6 +461,34 @@ struct GarbageCollectionTests {
         #expect(try await f.restorePages(again) == pages.flatMap { $0 })
     }
 
+    @Test("The orphan sweep leaves alone what a backup still running uploaded, however old the grace says it is; once the backup ended, it goes")
+    func runningBackupsUploadsAreNotOrphans() async throws {
+        let f = try await RepositoryFixture(grace: 10)
+        defer { f.cleanup() }
+        // A backup claimed just before it uploads a pack that the index does not know yet (as
+        // when the catalog is unreachable between upload and record, or another node sweeps).
+        let started = Date().addingTimeInterval(-1)
+        let database = ManagedDatabase(
+            id: "db-running", accountID: "acct-a", name: "running", tier: .small, engine: .sqlite, status: .available,
+            backupWindow: try BackupWindow.parse("03:00-04:00"), location: f.directory + "/running.sqlite3", createdAt: started, nextBackupAt: started)
+        try await f.catalog.insertDatabase(database)
+        try await f.catalog.enqueueManualBackup(
+            Backup(id: "backup-running", accountID: "acct-a", databaseID: database.id, name: "m", type: .manual, status: .pending, engine: .sqlite,
+                   createdAt: started, expiresAt: nil),
+            jobID: "job-running", now: started)
+        let job = try #require(try await f.catalog.claimJob(leaseToken: "l", now: started, leaseDuration: .seconds(60), maxAttempts: 3))
+        try await FileBlobStore(root: f.directory + "/repository").put("packs/uploaded-by-running-backup", randomBytes(64))
+
+        // Far past the grace period and the file's real modification time.
+        f.clock.advance(by: Date().timeIntervalSince(f.clock.now()) + 60)
+        #expect(try await f.repository.collectGarbage(now: f.clock.now()).orphansDeleted == 0)
+        #expect(f.objects("packs") == ["uploaded-by-running-backup"])
+
+        _ = try await f.catalog.finishJob(job, outcome: .failed(ErrorInfo(code: "io_error", message: "gave up")), at: f.clock.now())
+        #expect(try await f.repository.collectGarbage(now: f.clock.now()).orphansDeleted == 1)
+        #expect(f.objects("packs").isEmpty)
+    }
+
     func backupID(of object: StoredObject, _ f: RepositoryFixture) async throws -> String {
         for account in ["acct-a"] {
             for database in try await f.catalog.databases(accountID: account, includeDeleted: true) {
