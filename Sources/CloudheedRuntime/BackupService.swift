@@ -51,11 +51,17 @@ public struct BackupService: Sendable {
 
     /// The account a presented token belongs to, or nil for anything that is not a valid token.
     public func authenticate(token presented: String) async throws -> Account? {
+        try await authenticate(token: presented, databaseID: nil)?.account
+    }
+
+    /// Authenticates the token and, in the same catalog read, looks up `databaseID`'s versions
+    /// (nil in the answer when the database is not the account's).
+    public func authenticate(token presented: String, databaseID: String?) async throws -> AccessCheck? {
         guard let (id, secret) = TokenIssuer.parse(presented),
-              let stored = try await catalog.token(id: String(id)),
-              constantTimeEqual(TokenIssuer.hash(String(secret)), stored.secretHash)
+              let check = try await catalog.accessCheck(tokenID: String(id), databaseID: databaseID),
+              constantTimeEqual(TokenIssuer.hash(String(secret)), check.token.secretHash)
         else { return nil }
-        return try await catalog.account(id: stored.accountID)
+        return check
     }
 
     /// Deletes the account and everything it owns; its stored data becomes unreadable at once

@@ -232,6 +232,20 @@ public final class PostgresCatalog: Catalog, Sendable {
         }
     }
 
+    /// One round trip, nothing remembered: other nodes change the catalog too. A prepared
+    /// statement (per connection), so the server plans the join once, not on every request.
+    public func accessCheck(tokenID: String, databaseID: String?) async throws -> AccessCheck? {
+        do {
+            var answer: AccessCheck?
+            for try await row in try await client.execute(AccessCheckStatement(tokenID: tokenID, databaseID: databaseID), logger: logger) {
+                answer = CatalogRows.accessCheck(PostgresCatalogRow(row: row.makeRandomAccess()))
+            }
+            return answer
+        } catch {
+            throw Self.unavailable(error, endpoint: endpoint)
+        }
+    }
+
     public func deleteAccount(id: String, at: Date) async throws -> [ManagedDatabase] {
         try await transaction { c in
             guard try await c.exists("SELECT 1 FROM accounts WHERE id = \(id) AND deleted_at IS NULL FOR UPDATE", logger) else {
@@ -781,6 +795,25 @@ public final class PostgresCatalog: Catalog, Sendable {
 }
 
 /// A PostgreSQL result row read by column name.
+/// The access check's query, prepared.
+struct AccessCheckStatement: PostgresPreparedStatement {
+    static let sql = CatalogRows.accessCheckSQL
+    static let bindingDataTypes: [PostgresDataType] = [.text, .text]
+    typealias Row = PostgresRow
+
+    var tokenID: String
+    var databaseID: String?
+
+    func makeBindings() throws -> PostgresBindings {
+        var bindings = PostgresBindings(capacity: 2)
+        bindings.append(tokenID)
+        bindings.append(databaseID)
+        return bindings
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> PostgresRow { row }
+}
+
 struct PostgresCatalogRow: CatalogRow {
     let row: PostgresRandomAccessRow
 

@@ -246,6 +246,56 @@ extension PostgresCatalog {
             )
             """,
         ]),
+        // The version the API's backup-list cache is checked against (`AccessCheck.databaseVersion`
+        // says when it moves). Statement-level triggers where a statement changes many rows, so a
+        // database is raised once per statement; rows are upserted in key order, so two
+        // statements lock them in one order.
+        ("v2-versions", [
+            "CREATE TABLE database_versions (database_id TEXT PRIMARY KEY, version BIGINT NOT NULL)",
+            "CREATE INDEX backups_by_object ON backups(object_key) WHERE object_key IS NOT NULL",
+            """
+            CREATE FUNCTION chd_backups_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO database_versions AS v (database_id, version)
+                    SELECT DISTINCT database_id, 1 FROM changed_rows ORDER BY database_id
+                    ON CONFLICT (database_id) DO UPDATE SET version = v.version + 1;
+                RETURN NULL;
+            END $$
+            """,
+            // The backups whose layer is now the only one to reference a chunk whose reference
+            // was just added (it is shared now) or removed (one layer alone is left with it).
+            """
+            CREATE FUNCTION chd_references_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO database_versions AS v (database_id, version)
+                    SELECT DISTINCT b.database_id, 1 FROM changed_rows n
+                    CROSS JOIN LATERAL (
+                        SELECT min(o.layer_id) AS layer_id FROM (
+                            SELECT layer_id FROM layer_chunks WHERE account_id = n.account_id AND chunk_id = n.chunk_id
+                              AND layer_id <> n.layer_id LIMIT 2) o
+                        HAVING count(*) = 1) sole
+                    JOIN backups b ON b.object_key = sole.layer_id
+                    ORDER BY 1
+                    ON CONFLICT (database_id) DO UPDATE SET version = v.version + 1;
+                RETURN NULL;
+            END $$
+            """,
+            """
+            CREATE FUNCTION chd_layer_refs_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO database_versions AS v (database_id, version)
+                    SELECT DISTINCT database_id, 1 FROM backups WHERE object_key = NEW.id ORDER BY 1
+                    ON CONFLICT (database_id) DO UPDATE SET version = v.version + 1;
+                RETURN NULL;
+            END $$
+            """,
+            "CREATE TRIGGER backups_inserted AFTER INSERT ON backups REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION chd_backups_changed()",
+            "CREATE TRIGGER backups_updated AFTER UPDATE ON backups REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION chd_backups_changed()",
+            "CREATE TRIGGER backups_deleted AFTER DELETE ON backups REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION chd_backups_changed()",
+            "CREATE TRIGGER layer_chunks_inserted AFTER INSERT ON layer_chunks REFERENCING NEW TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION chd_references_changed()",
+            "CREATE TRIGGER layer_chunks_deleted AFTER DELETE ON layer_chunks REFERENCING OLD TABLE AS changed_rows FOR EACH STATEMENT EXECUTE FUNCTION chd_references_changed()",
+            "CREATE TRIGGER layers_refs_changed AFTER UPDATE OF refs ON layers FOR EACH ROW WHEN (OLD.refs IS DISTINCT FROM NEW.refs) EXECUTE FUNCTION chd_layer_refs_changed()",
+        ]),
     ]
 
     /// Applies the migrations `client`'s database has not had yet, in one transaction under the

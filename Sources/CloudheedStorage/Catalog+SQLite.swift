@@ -9,6 +9,9 @@ public final class SQLiteCatalog: Catalog {
     /// How long an object no backup refers to any more is kept before deletion, so readers
     /// that already looked it up can finish.
     let garbageGrace: TimeInterval
+    /// Commits that changed what the access check reads, and its answers (Catalog+SQLiteAccess).
+    let changes = CatalogChangeCounter()
+    let memo = AccessMemo()
 
     /// Opens (creating if needed) the catalog at `path` and runs its migrations.
     public init(path: String, garbageGrace: TimeInterval = 3600) throws {
@@ -24,6 +27,7 @@ public final class SQLiteCatalog: Catalog {
         }
         pool = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(pool)
+        pool.add(transactionObserver: changes, extent: .databaseLifetime)
     }
 
     /// Runs the migrations the catalog at `path` has not had yet; returns their names.
@@ -146,6 +150,7 @@ public final class SQLiteCatalog: Catalog {
         }
         registerWebhookMigration(&migrator)
         registerDrillMigration(&migrator)
+        registerVersionsMigration(&migrator)
         return migrator
     }
 

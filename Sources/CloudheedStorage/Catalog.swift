@@ -17,6 +17,30 @@ public struct StoredToken: Sendable, Equatable {
     }
 }
 
+/// What a request's token and the database in its path look like now, read together: enough to
+/// authenticate the request and to tell whether an answer cached about that database is current.
+public struct AccessCheck: Sendable, Equatable {
+    public var token: StoredToken
+    /// The token's account (not deleted).
+    public var account: Account
+    /// The version of the database asked about, when it is the account's (deleted or not); nil
+    /// otherwise. The catalog's own triggers raise it in the transaction of every change that can
+    /// alter what the database's backup list shows:
+    /// - any insert, update or delete of one of its backups;
+    /// - a chunk reference added or removed elsewhere in the account that makes one of its
+    ///   backups' layers the only holder of a chunk, or no longer the only one (`unique_bytes`);
+    /// - a change of the reference count of one of its backups' layers (an incremental backup
+    ///   built on it).
+    /// So a rendering of the list is current exactly while the version is unchanged.
+    public var databaseVersion: Int64?
+
+    public init(token: StoredToken, account: Account, databaseVersion: Int64?) {
+        self.token = token
+        self.account = account
+        self.databaseVersion = databaseVersion
+    }
+}
+
 /// Result of applying a finished job's outcome.
 public enum JobFinish: Sendable, Equatable {
     /// The outcome was recorded.
@@ -62,6 +86,10 @@ public protocol Catalog: Sendable {
     func addToken(_ token: StoredToken) async throws
     func token(id: String) async throws -> StoredToken?
     func account(id: String) async throws -> Account?
+    /// The token `tokenID` with its live account and, when `databaseID` is given, that database's
+    /// version, in one read; nil when the token or its account does not exist. The caller still
+    /// compares the secret's hash.
+    func accessCheck(tokenID: String, databaseID: String?) async throws -> AccessCheck?
     /// Deletes the account: its databases are marked deleted, every backup goes (releasing its
     /// data for GC), running restores fail, its tokens and its data key are destroyed, in one
     /// transaction. Returns the databases that were live, whose files the caller removes.

@@ -28,6 +28,26 @@ enum CatalogRows {
         return ErrorInfo(code: code, message: row.text("error_message") ?? "")
     }
 
+    /// The access check: $1 the token id, $2 the database id or NULL. Both catalogs run it (SQLite
+    /// reads `$n` as `?n`).
+    static let accessCheckSQL = """
+        SELECT t.id, t.account_id, t.secret_hash, t.created_at, a.name, a.storage_quota_bytes, a.created_at AS account_created_at,
+               d.id AS database_id, COALESCE(v.version, 0) AS database_version
+        FROM tokens t
+        JOIN accounts a ON a.id = t.account_id AND a.deleted_at IS NULL
+        LEFT JOIN databases d ON d.id = $2 AND d.account_id = t.account_id
+        LEFT JOIN database_versions v ON v.database_id = d.id
+        WHERE t.id = $1
+        """
+
+    /// A row of the access-check query.
+    static func accessCheck<R: CatalogRow>(_ row: R) -> AccessCheck {
+        AccessCheck(
+            token: StoredToken(id: row.string("id"), accountID: row.string("account_id"), secretHash: row.bytes("secret_hash") ?? [], createdAt: row.date("created_at")),
+            account: Account(id: row.string("account_id"), name: row.string("name"), storageQuotaBytes: row.int64("storage_quota_bytes"), createdAt: row.date("account_created_at")),
+            databaseVersion: row.text("database_id") == nil ? nil : row.int64("database_version"))
+    }
+
     static func database<R: CatalogRow>(_ row: R) -> ManagedDatabase {
         ManagedDatabase(
             id: row.string("id"), accountID: row.string("account_id"), name: row.string("name"),

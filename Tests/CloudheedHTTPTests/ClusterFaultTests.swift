@@ -230,7 +230,8 @@ struct ClusterFaultTests {
                 try await group.waitForAll()
             }
             let cluster = Cluster(nodes: nodes, postgres: postgres, catalogDatabase: catalogDatabase, admin: admin, store: direct)
-            #expect(try await cluster.number("SELECT count(*) FROM schema_migrations") == 1)
+            // Each migration applied once, although three nodes started at once.
+            #expect(try await cluster.number("SELECT count(*) FROM schema_migrations") == 2)
 
             // Accounts and databases whose backup window is open now: each gets its automatic
             // backup at the next tick, from whichever node's scheduler gets there first.

@@ -133,6 +133,92 @@ struct CatalogContractTests {
         }
     }
 
+    @Test("The access check reads token, account and the database's version at once; every change to what the database's backup list shows raises it, and nothing else does", arguments: CatalogFactory.all)
+    func accessCheck(_ factory: CatalogFactory) async throws {
+        try await withCatalog(factory) { f in
+            let account = try await f.account()
+            let tokenID = "tok-\(f.counter)"  // the fixture's last id is the account's token
+            let other = try await f.account()
+            let otherTokenID = "tok-\(f.counter)"
+            let shop = try await f.database(account)
+            let blog = try await f.database(account)
+            let foreign = try await f.database(other)
+            func version(_ database: ManagedDatabase) async throws -> Int64 {
+                try #require(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: database.id)?.databaseVersion)
+            }
+
+            let plain = try #require(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: nil))
+            #expect(plain.account == account && plain.token.accountID == account.id && plain.token.secretHash == [1, 2, 3])
+            #expect(plain.databaseVersion == nil)
+            #expect(try await f.catalog.accessCheck(tokenID: "tok-missing", databaseID: shop.id) == nil)
+            // Another account's database reads as no database, exactly like a missing one.
+            #expect(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: foreign.id)?.databaseVersion == nil)
+            #expect(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: "db-missing")?.databaseVersion == nil)
+            #expect(try await f.catalog.accessCheck(tokenID: otherTokenID, databaseID: foreign.id)?.account == other)
+
+            // Insert, every update a job makes (claim, completion), verification, deletion: each is seen.
+            let start = try await version(shop)
+            let blogStart = try await version(blog)
+            _ = try await f.manualBackup(shop)
+            let queued = try await version(shop)
+            #expect(queued > start)
+            _ = try await f.completeNextJob(size: 100)
+            let completed = try await version(shop)
+            #expect(completed > queued)
+            let first = try #require(try await f.catalog.backups(databaseID: shop.id, accountID: account.id, type: nil, status: nil).first)
+            try await f.catalog.recordVerification(backupID: first.id, integrity: .verified, at: t0)
+            #expect(try await version(shop) > completed)
+            _ = try await f.catalog.deleteManualBackup(id: first.id, databaseID: shop.id, accountID: account.id, at: t0)
+            #expect(try await version(blog) == blogStart)
+
+            // What a backup alone holds (`unique_bytes`) moves with references elsewhere in the account.
+            let chunk = ChunkID(bytes: [UInt8](repeating: 5, count: 32))
+            try await f.catalog.insertPacks([(PackRecord(id: "pack-v", accountID: account.id, storedSize: 10, plainSize: 10, createdAt: t0),
+                                              [ChunkLocation(id: chunk, packID: "pack-v", offset: 8, length: 2, storedLength: 2)])])
+            func backupHolding(_ database: ManagedDatabase, parent: String? = nil, chunks: [ChunkID]? = nil) async throws -> Backup {
+                let backup = try await f.manualBackup(database)
+                let job = try #require(try await f.catalog.claimJob(leaseToken: f.next("lease"), now: t0, leaseDuration: .seconds(60), maxAttempts: 3))
+                let layer = LayerRecord(id: f.next("mf"), accountID: account.id, parentID: parent, depth: parent == nil ? 0 : 1, kind: .pagesFull,
+                                        pageSize: 4096, entryCount: 0, logicalSize: 2, storedBytes: 2, objectChecksum: "00", createdAt: t0)
+                try await f.catalog.insertLayer(layer, chunkIDs: chunks ?? [chunk])
+                let object = StoredObject(key: layer.id, sizeBytes: 2, checksum: "00", storedBytes: 2)
+                #expect(try await f.catalog.finishJob(job, outcome: .backupCompleted(object), at: t0) == .applied)
+                return try #require(try await f.catalog.backup(id: backup.id))
+            }
+            let alone = try await backupHolding(shop)
+            let sole = try await version(shop)
+            // blog's backup shares the chunk: shop's backup no longer holds it alone.
+            let twin = try await backupHolding(blog)
+            let shared = try await version(shop)
+            #expect(shared > sole)
+            // A third holder changes nothing for shop (the chunk was shared already) ...
+            let third = try await backupHolding(blog)
+            #expect(try await version(shop) == shared)
+            _ = try await f.catalog.deleteManualBackup(id: third.id, databaseID: blog.id, accountID: account.id, at: t0)
+            #expect(try await version(shop) == shared)
+            // ... until the last other holder goes, and shop's backup holds it alone again.
+            _ = try await f.catalog.deleteManualBackup(id: twin.id, databaseID: blog.id, accountID: account.id, at: t0)
+            let aloneAgain = try await version(shop)
+            #expect(aloneAgain > shared)
+            // An incremental backup built on shop's backup (sharing no chunk with it) raises its
+            // layer's reference count.
+            let blogBefore = try await version(blog)
+            _ = try await backupHolding(blog, parent: alone.object?.key, chunks: [])
+            #expect(try await version(shop) > aloneAgain)
+            #expect(try await version(blog) > blogBefore)
+            // Another account's databases are untouched by all of it.
+            #expect(try await f.catalog.accessCheck(tokenID: otherTokenID, databaseID: foreign.id)?.databaseVersion == 0)
+
+            // A deleted database still answers (its list stays readable); a deleted account's tokens do not.
+            let beforeDeletion = try await version(shop)
+            _ = try await f.catalog.markDatabaseDeleted(id: blog.id, accountID: account.id, at: t0)
+            #expect(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: blog.id)?.databaseVersion != nil)
+            #expect(try await version(shop) >= beforeDeletion)
+            _ = try await f.catalog.deleteAccount(id: account.id, at: t0)
+            #expect(try await f.catalog.accessCheck(tokenID: tokenID, databaseID: shop.id) == nil)
+        }
+    }
+
     @Test("Live names are unique per account; a deleted database frees its name", arguments: CatalogFactory.all)
     func names(_ factory: CatalogFactory) async throws {
         try await withCatalog(factory) { f in
