@@ -1,14 +1,19 @@
 import CloudheedDomain
+import CloudheedStorage
 import Hummingbird
 
 /// Request context carrying the authenticated account, set by `AccountAuthMiddleware`.
 public struct AppRequestContext: RequestContext {
     public var coreContext: CoreRequestContextStorage
     public var account: Account?
+    /// On routes under `databases/{id}/backups`: that database's catalog version, read with the
+    /// token; nil when the database is not the account's.
+    public var databaseVersion: Int64?
 
     public init(source: Source) {
         self.coreContext = .init(source: source)
         self.account = nil
+        self.databaseVersion = nil
     }
 
     /// Request bodies are small JSON documents.

@@ -31,6 +31,10 @@ public struct ServeConfiguration: Sendable {
     public var garbageGrace: TimeInterval = 3600
     /// `--databases-dir`: where SQLite databases live; several nodes must share it. Default `<data-dir>/databases`.
     public var databasesDirectory: String?
+    /// `--list-cache-mb`: memory for rendered backup lists (0: none).
+    public var listCacheBytes = ServeConfiguration.defaultListCacheBytes
+    /// 256 MiB: the lists of 10,000 databases with 40 backups each (16 KB each).
+    public static let defaultListCacheBytes = 256 << 20
 
     public init(
         dataDirectory: String, host: String = "127.0.0.1", port: Int = 8080, settings: RuntimeSettings = .init(), adminToken: String? = nil,
@@ -87,12 +91,15 @@ public struct Components: Sendable {
     public let catalog: any Catalog & RepositoryIndex
     /// When set, `/metrics` requires it as a Bearer token.
     let metricsToken: AdminToken?
+    /// Rendered backup lists, checked against the catalog's versions on every request.
+    public let listCache: BackupListCache
 
     /// Lays out `<data-dir>` (catalog.sqlite3, repository/, databases/, tmp/) and opens everything in it;
     /// `catalog`, `blobs` and `databasesDirectory` replace their parts of it (several nodes share those).
     public static func make(
         dataDirectory: String, settings: RuntimeSettings, adminToken: String, masterKey: MasterKey,
         compression: CompressionSetting = .default, postgres: PostgresEngine? = nil, metricsToken: String? = nil, garbageGrace: TimeInterval = 3600,
+        listCacheBytes: Int = ServeConfiguration.defaultListCacheBytes,
         catalog sharedCatalog: (any Catalog & RepositoryIndex)? = nil, blobs: (any BlobStore)? = nil, databasesDirectory: String? = nil,
         clock: any WallClock = SystemWallClock(), ids: any IDGenerator = SecureIDGenerator(), logger: Logger
     ) throws -> Components {
@@ -117,7 +124,8 @@ public struct Components: Sendable {
             collector: GarbageCollector(service: service, logger: logger),
             admin: AdminToken(adminToken),
             catalog: catalog,
-            metricsToken: metricsToken.map(AdminToken.init))
+            metricsToken: metricsToken.map(AdminToken.init),
+            listCache: BackupListCache(budgetBytes: listCacheBytes))
     }
 
     /// `openapi.json`, from this module's resource bundle (next to the executable); nil when the
@@ -163,7 +171,10 @@ public struct Components: Sendable {
         let v1 = router.group("v1").add(middleware: AccountAuthMiddleware(service: service))
         accounts.addAccountRoutes(to: v1)
         DatabaseController(service: service).addRoutes(to: v1)
-        BackupController(service: service).addRoutes(to: v1)
+        let backups = BackupController(service: service, listCache: listCache)
+        backups.addRoutes(to: v1)
+        backups.addDatabaseRoutes(
+            to: router.group("v1/databases/:id/backups").add(middleware: AccountAuthMiddleware(service: service, databaseParameter: "id")))
         WebhookController(service: service).addRoutes(to: v1)
         return router
     }
@@ -252,7 +263,7 @@ public func buildApplication(
     let components = try Components.make(
         dataDirectory: configuration.dataDirectory, settings: configuration.settings, adminToken: adminToken, masterKey: masterKey,
         compression: configuration.compression, postgres: postgres, metricsToken: configuration.metricsToken,
-        garbageGrace: configuration.garbageGrace, catalog: sharedCatalog,
+        garbageGrace: configuration.garbageGrace, listCacheBytes: configuration.listCacheBytes, catalog: sharedCatalog,
         blobs: configuration.s3.map { S3BlobStore(configuration: $0) }, databasesDirectory: configuration.databasesDirectory,
         clock: clock, ids: ids, logger: logger)
     let workers = JobWorkerService(

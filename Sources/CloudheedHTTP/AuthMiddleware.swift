@@ -21,17 +21,23 @@ struct AdminAuthMiddleware: RouterMiddleware {
     }
 }
 
-/// Account routes take an account token; the account is put on the context.
+/// Account routes take an account token; the account is put on the context. With
+/// `databaseParameter`, the database that route parameter names is looked up in the same catalog
+/// read, and its version is put on the context too (`BackupListCache`).
 struct AccountAuthMiddleware: RouterMiddleware {
     typealias Context = AppRequestContext
     let service: BackupService
+    var databaseParameter: String? = nil
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        guard let token = bearerToken(request), let account = try await service.authenticate(token: token) else {
+        let databaseID = databaseParameter.flatMap { context.parameters.get($0) }.map { String($0) }
+        guard let token = bearerToken(request), let check = try await service.authenticate(token: token, databaseID: databaseID) else {
             throw DomainError.unauthorized
         }
+        let account = check.account
         var context = context
         context.account = account
+        context.databaseVersion = check.databaseVersion
         context.logger[metadataKey: "account.id"] = "\(account.id)"
         return try await next(request, context)
     }

@@ -5,26 +5,39 @@ import Hummingbird
 /// `/v1/databases/{id}/backups`: list, create, show, delete and restore, as on the documentation page.
 struct BackupController {
     let service: BackupService
+    let listCache: BackupListCache
+
+    /// `group` is `v1/databases/:id/backups`, authenticated with the database's version read
+    /// alongside (`AccountAuthMiddleware.databaseParameter`).
+    func addDatabaseRoutes(to group: RouterGroup<AppRequestContext>) {
+        group.get(use: list)
+        group.post(use: create)
+        group.get(":backupID", use: show)
+        group.delete(":backupID", use: delete)
+        group.post(":backupID/restore", use: restore)
+        group.post(":backupID/verify", use: verify)
+    }
 
     func addRoutes(to group: RouterGroup<AppRequestContext>) {
-        group.get("databases/:id/backups", use: list)
-        group.post("databases/:id/backups", use: create)
-        group.get("databases/:id/backups/:backupID", use: show)
-        group.delete("databases/:id/backups/:backupID", use: delete)
-        group.post("databases/:id/backups/:backupID/restore", use: restore)
-        group.post("databases/:id/backups/:backupID/verify", use: verify)
         group.get("restores/:id", use: showRestore)
     }
 
+    /// Served from `listCache` while the database's version is the one it was rendered under.
     @Sendable func list(_ request: Request, context: AppRequestContext) async throws -> Response {
         let account = try context.requireAccount()
+        let databaseID: String = try context.parameters.require("id")
         let query = request.uri.queryParameters
         let type = try query.get("type").map { raw throws(DomainError) in try BackupType.parse(String(raw)) }
         let status = try query.get("status").map { raw throws(DomainError) in try BackupStatus.parse(String(raw)) }
-        let backups = try await service.backups(
-            accountID: account.id, databaseID: try context.parameters.require("id"), type: type, status: status)
+        guard let version = context.databaseVersion else { throw DomainError.databaseNotFound }
+        let key = BackupListCache.Key(accountID: account.id, databaseID: databaseID, type: type, status: status)
+        if let body = listCache.body(for: key, version: version) { return jsonResponse(body) }
+        // The access check found the database; its version was read before this list.
+        let backups = try await service.catalog.backups(databaseID: databaseID, accountID: account.id, type: type, status: status)
         let unique = try await service.uniqueBytes(of: backups)
-        return json(.object([("backups", .array(backups.map { Representation.backup($0, uniqueBytes: unique[$0.id]) }))]))
+        let body = ByteBuffer(bytes: JSONValue.object([("backups", .array(backups.map { Representation.backup($0, uniqueBytes: unique[$0.id]) }))]).serialized())
+        listCache.store(body, for: key, version: version)
+        return jsonResponse(body)
     }
 
     func representation(_ backup: Backup) async throws -> JSONValue {

@@ -61,7 +61,12 @@ struct ErrorMiddleware<Context: RequestContext>: RouterMiddleware {
 
 /// A JSON response.
 func json(_ value: JSONValue, status: HTTPResponse.Status = .ok) -> Response {
-    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: value.serialized())))
+    jsonResponse(ByteBuffer(bytes: value.serialized()), status: status)
+}
+
+/// A response with an already serialized JSON body.
+func jsonResponse(_ body: ByteBuffer, status: HTTPResponse.Status = .ok) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: body))
 }
 
 extension Request {

@@ -25,6 +25,8 @@ struct Serve: AsyncParsableCommand {
     var gcInterval: Int?
     @Option(help: "Seconds data no backup refers to any more is kept before deletion, so readers that looked it up can finish (env CLOUDHEED_GC_GRACE). Default 3600.")
     var gcGrace: Int?
+    @Option(help: "MiB of memory for rendered backup lists, served while the catalog says they are current (env CLOUDHEED_LIST_CACHE_MB; 0 turns it off). Default 256.")
+    var listCacheMb: Int?
     @Option(help: "Jobs run at once (env CLOUDHEED_WORKERS). Default: number of cores.")
     var workers: Int?
     @Option(help: "Storage quota of accounts created without one, in bytes (env CLOUDHEED_DEFAULT_QUOTA_BYTES). Default 10 GiB.")
@@ -84,6 +86,7 @@ struct Serve: AsyncParsableCommand {
         set("cloudheed.s3.region", s3Region.map { .string($0) })
         if s3PathStyle { set("cloudheed.s3.path.style", .bool(true)) }
         set("cloudheed.databases.dir", databasesDir.map { .string($0) })
+        set("cloudheed.list.cache.mb", listCacheMb.map { .int($0) })
         if let postgresURL { flags["cloudheed.postgres.url"] = ConfigValue(.string(postgresURL), isSecret: true) }
         if let catalog { flags["cloudheed.catalog.url"] = ConfigValue(.string(catalog), isSecret: true) }
         let config = ConfigReader(providers: [InMemoryProvider(name: "flags", values: flags), EnvironmentVariablesProvider()])
@@ -102,6 +105,8 @@ struct Serve: AsyncParsableCommand {
         guard gcGrace >= 1 else { throw ValidationError("--gc-grace must be at least 1 second") }
         let lease = config.int(forKey: "cloudheed.lease.seconds", default: 60)
         guard lease >= 3 else { throw ValidationError("--lease-seconds must be at least 3") }
+        let listCacheMB = config.int(forKey: "cloudheed.list.cache.mb", default: ServeConfiguration.defaultListCacheBytes >> 20)
+        guard (0...1 << 20).contains(listCacheMB) else { throw ValidationError("--list-cache-mb must be 0-1048576") }
         let quota = config.int(forKey: "cloudheed.default.quota.bytes", default: 10 * 1024 * 1024 * 1024)
         guard quota >= 0 else { throw ValidationError("--default-quota-bytes must be zero or more") }
 
@@ -176,6 +181,7 @@ struct Serve: AsyncParsableCommand {
         serve.catalog = catalogEndpoint
         serve.garbageGrace = TimeInterval(gcGrace)
         serve.databasesDirectory = config.string(forKey: "cloudheed.databases.dir")
+        serve.listCacheBytes = listCacheMB << 20
         let app = try await buildApplication(serve, logger: logger) { message in
             // Unbuffered, so it shows even when stdout is a pipe or a file.
             FileHandle.standardOutput.write(Data((message + "\n").utf8))

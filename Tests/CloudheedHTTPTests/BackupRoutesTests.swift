@@ -1,4 +1,6 @@
+@testable import CloudheedHTTP
 import CloudheedDomain
+import CloudheedStorage
 import Foundation
 import Hummingbird
 import Testing
@@ -237,5 +239,120 @@ struct VerificationRoutesTests {
             #expect(try await api.call(.post, "/v1/databases/\(id)/backups/backup-nope/verify", token: token).status == .notFound)
             #expect(try await api.call(.post, "/v1/databases/\(id)/backups/\(pending["id"]!.stringValue!)/verify", token: token, body: #"{"deep":true}"#).errorCode == "unknown_field")
         }
+    }
+}
+
+@Suite("Backup list cache")
+struct BackupListCacheRoutesTests {
+    @Test("GET /backups is served from its cache only while nothing it shows has changed: a backup of the database, or what the account's other backups share with it")
+    func servedWhileCurrent() async throws {
+        let service = try TestService()
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            // Two databases with the same rows: their backups share most chunks (dedup is per account).
+            let rows = (0..<30_000).map { "row \($0) " + String(repeating: "x", count: 90) }
+            var ids: [String] = []
+            for name in ["shop", "copy"] {
+                let database = try await api.database(token, name: name)
+                try writeRows(path: try filePath(ofURI: database["connection"]?["uri"]?.stringValue), values: rows)
+                ids.append(try #require(database["id"]?.stringValue))
+            }
+            let (shop, copy) = (ids[0], ids[1])
+            let cache = service.components.listCache
+            func list(_ id: String) async throws -> [JSONValue] {
+                try #require(try await api.call(.get, "/v1/databases/\(id)/backups", token: token)["backups"]?.arrayValue)
+            }
+            /// The list as the cache gives it, checked item by item against GET of each backup (never cached).
+            func checkedList(_ id: String) async throws -> [JSONValue] {
+                let items = try await list(id)
+                for item in items {
+                    let fresh = try await api.call(.get, "/v1/databases/\(id)/backups/\(item["id"]?.stringValue ?? "")", token: token)
+                    #expect(fresh.json == item)
+                }
+                return items
+            }
+
+            #expect(try await list(shop).isEmpty)
+            #expect(try await list(shop).isEmpty)
+            #expect(cache.statistics == (hits: 1, misses: 1))
+
+            let created = try await api.call(.post, "/v1/databases/\(shop)/backups", token: token)
+            #expect(try await list(shop).map { $0["status"] } == [.string("pending")])
+            try await service.runJobs()
+            let completed = try #require(try await checkedList(shop).first)
+            #expect(completed["id"] == created["id"] && completed["status"] == .string("completed"))
+            let alone = try #require(completed["unique_bytes"]?.intValue)
+            #expect(alone > 0)
+            let before = cache.statistics
+            #expect(try await list(shop) == [completed])
+            #expect(cache.statistics.hits == before.hits + 1)
+
+            // A backup of the other database shares the chunks: the first one alone holds less,
+            // although nothing of the first database changed.
+            let twin = try await api.completedBackup(token, database: copy)
+            let shared = try #require(try await checkedList(shop).first)
+            #expect(try #require(shared["unique_bytes"]?.intValue) < alone)
+            // Deleting the twin gives them back.
+            #expect(try await api.call(.delete, "/v1/databases/\(copy)/backups/\(twin["id"]?.stringValue ?? "")", token: token).status == .noContent)
+            #expect(try await checkedList(shop).first?["unique_bytes"]?.intValue == alone)
+
+            // Verification changes the list; so does deletion.
+            _ = try await api.call(.post, "/v1/databases/\(shop)/backups/\(created["id"]?.stringValue ?? "")/verify", token: token)
+            try await service.runJobs()
+            #expect(try await checkedList(shop).first?["integrity"] == .string("verified"))
+            #expect(try await api.call(.delete, "/v1/databases/\(shop)/backups/\(created["id"]?.stringValue ?? "")", token: token).status == .noContent)
+            #expect(try await list(shop).isEmpty)
+
+            // Filters are cached apart; another account never gets this account's list.
+            #expect(try await api.call(.get, "/v1/databases/\(shop)/backups?type=automatic", token: token)["backups"]?.arrayValue == [])
+            let (_, stranger) = try await api.account("other")
+            #expect(try await api.call(.get, "/v1/databases/\(shop)/backups", token: stranger).status == .notFound)
+            #expect(try await api.call(.get, "/v1/databases/\(shop)/backups", token: token + "x").status == .unauthorized)
+        }
+    }
+
+    @Test("With --list-cache-mb 0 nothing is kept, and the lists are the same")
+    func disabled() async throws {
+        let service = try TestService(listCacheBytes: 0)
+        try await service.withClient { api in
+            let (_, token) = try await api.account()
+            let id = try #require(try await api.database(token)["id"]?.stringValue)
+            let backup = try await api.completedBackup(token, database: id)
+            for _ in 0..<2 {
+                #expect(try await api.call(.get, "/v1/databases/\(id)/backups", token: token)["backups"]?.arrayValue == [backup])
+            }
+            #expect(service.components.listCache.statistics.hits == 0)
+        }
+    }
+}
+
+@Suite("Backup list cache, by itself")
+struct BackupListCacheTests {
+    @Test("Bodies are kept within the byte budget, oldest out first; a replaced body counts once; the version must match exactly")
+    func budget() {
+        let cache = BackupListCache(budgetBytes: 10_000)
+        let v1: Int64 = 1
+        func key(_ n: Int) -> BackupListCache.Key { .init(accountID: "a", databaseID: "db\(n)", type: nil, status: nil) }
+        func body(_ size: Int) -> ByteBuffer { ByteBuffer(repeating: 0x20, count: size) }
+        cache.store(body(2_000), for: key(1), version: v1)
+        cache.store(body(2_000), for: key(2), version: v1)
+        // Replaced twice: still 2,000 bytes, and it stays the newest.
+        cache.store(body(2_000), for: key(1), version: v1)
+        cache.store(body(2_000), for: key(1), version: v1)
+        cache.store(body(2_000), for: key(3), version: v1)
+        cache.store(body(2_000), for: key(4), version: v1)
+        #expect(cache.body(for: key(2), version: v1) != nil)
+        cache.store(body(2_000), for: key(5), version: v1)
+        cache.store(body(2_000), for: key(6), version: v1)
+        // 12,000 bytes were asked for: the oldest position (db2's) went.
+        #expect(cache.body(for: key(2), version: v1) == nil)
+        for n in [1, 3, 4, 5, 6] { #expect(cache.body(for: key(n), version: v1)?.readableBytes == 2_000) }
+        #expect(cache.body(for: key(1), version: 2) == nil)
+        // A body larger than a quarter of the budget is not kept.
+        cache.store(body(3_000), for: key(7), version: v1)
+        #expect(cache.body(for: key(7), version: v1) == nil)
+        // Many replacements of one key do not grow anything without bound.
+        for _ in 0..<10_000 { cache.store(body(10), for: key(8), version: v1) }
+        #expect(cache.body(for: key(8), version: v1)?.readableBytes == 10)
     }
 }

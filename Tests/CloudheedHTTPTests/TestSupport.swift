@@ -18,7 +18,8 @@ struct TestService: Sendable {
     let components: Components
     static let adminToken = "test-admin-token"
 
-    init(quotaBytes: Int64 = 10 * 1024 * 1024 * 1024, start: Date = Date(timeIntervalSince1970: 1_773_716_400), postgres: PostgresEngine? = nil, metricsToken: String? = nil) throws {
+    init(quotaBytes: Int64 = 10 * 1024 * 1024 * 1024, start: Date = Date(timeIntervalSince1970: 1_773_716_400), postgres: PostgresEngine? = nil, metricsToken: String? = nil,
+         listCacheBytes: Int = ServeConfiguration.defaultListCacheBytes) throws {
         directory = NSTemporaryDirectory() + "cloudheed-http-\(UUID().uuidString)"
         clock = ManualWallClock(start)
         var logger = Logger(label: "test")
@@ -26,7 +27,8 @@ struct TestService: Sendable {
         // No grace period: tests run garbage collection when they want to see its effect.
         components = try Components.make(
             dataDirectory: directory, settings: RuntimeSettings(workers: 1, defaultQuotaBytes: quotaBytes),
-            adminToken: Self.adminToken, masterKey: MasterKey.generate().0, postgres: postgres, metricsToken: metricsToken, garbageGrace: 0, clock: clock,
+            adminToken: Self.adminToken, masterKey: MasterKey.generate().0, postgres: postgres, metricsToken: metricsToken, garbageGrace: 0,
+            listCacheBytes: listCacheBytes, clock: clock,
             ids: SeededIDGenerator(seed: UInt64.random(in: 0...UInt64.max)), logger: logger)
     }
 
