@@ -1,5 +1,4 @@
 import CloudheedDomain
-import CloudheedStorage
 import Metrics
 import NIOCore
 import Synchronization
@@ -50,7 +49,7 @@ public final class BackupListCache: Sendable {
         self.budgetBytes = budgetBytes
     }
 
-    /// The body rendered under exactly these versions, if kept.
+    /// The body rendered under exactly this version, if kept.
     func body(for key: Key, version: Int64) -> ByteBuffer? {
         guard budgetBytes > 0 else { return nil }
         let body = state.withLock { state -> ByteBuffer? in
