@@ -106,8 +106,28 @@ public final class TestPostgres: Sendable {
 
 /// A port nothing listens on right now: bind port 0 on loopback and read what the kernel chose.
 public func freeLoopbackPort() throws -> Int {
+    let (fd, port) = try boundLoopbackSocket()
+    close(fd)
+    return port
+}
+
+/// A loopback port bound but never listened on, for as long as this lives: connections to it are
+/// refused at once, and nothing else can take the port meanwhile (a port from `freeLoopbackPort`
+/// could be handed to another test's server in between).
+public final class RefusingLoopbackPort: Sendable {
+    public let port: Int
+    private let fd: Int32
+
+    public init() throws {
+        (fd, port) = try boundLoopbackSocket()
+    }
+
+    deinit { close(fd) }
+}
+
+/// A TCP socket bound to a free loopback port, and the port.
+func boundLoopbackSocket() throws -> (fd: Int32, port: Int) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
     var address = sockaddr_in()
     address.sin_family = sa_family_t(AF_INET)
     address.sin_addr.s_addr = inet_addr("127.0.0.1")
@@ -116,8 +136,11 @@ public func freeLoopbackPort() throws -> Int {
     let bound = withUnsafeMutablePointer(to: &address) { pointer in
         pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
     }
-    guard bound else { throw TestPostgresError(message: "no free loopback port") }
-    return Int(UInt16(bigEndian: address.sin_port))
+    guard fd >= 0, bound else {
+        if fd >= 0 { close(fd) }
+        throw TestPostgresError(message: "no free loopback port")
+    }
+    return (fd, Int(UInt16(bigEndian: address.sin_port)))
 }
 
 public struct TestPostgresError: Error, CustomStringConvertible {
