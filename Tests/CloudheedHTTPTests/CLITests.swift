@@ -218,13 +218,15 @@ struct CLITests {
 
     @Test("A service that cannot be reached exits 3 at once, naming the URL")
     func unreachable() async throws {
-        // A port nothing listens on.
-        let url = "http://127.0.0.1:\(try freeLoopbackPort())"
+        // A port held bound but never listened on: refused, and no other test can take it.
+        let refusing = try RefusingLoopbackPort()
+        let url = "http://127.0.0.1:\(refusing.port)"
         let started = ContinuousClock.now
         let run = try await CLI(url: url, token: "chd_aaaaaaaaaaaaaaaa_" + String(repeating: "b", count: 40)).run("databases", "list", "--json")
         #expect(run.status == .exited(3))
         // Not after the connect timeout (10 s): a refused connection is not retried.
-        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(ContinuousClock.now - started < .seconds(8))
+        withExtendedLifetime(refusing) {}
         #expect(run.stderr.hasPrefix("error: cannot reach \(url): "), "\(run.stderr)")
         #expect(run.stdout.isEmpty)
     }

@@ -136,8 +136,8 @@ struct WebhookRoutesTests {
         let service = try TestService()
         try await service.withClient { api in
             let (_, token) = try await api.account()
-            let closed = try freeLoopbackPort()
-            let hook = try #require(try await api.call(.post, "/v1/webhooks", token: token, body: #"{"url":"http://127.0.0.1:\#(closed)/x","events":["backup.completed"]}"#)["id"]?.stringValue)
+            let closed = try RefusingLoopbackPort()
+            let hook = try #require(try await api.call(.post, "/v1/webhooks", token: token, body: #"{"url":"http://127.0.0.1:\#(closed.port)/x","events":["backup.completed"]}"#)["id"]?.stringValue)
             let database = try #require(try await api.database(token)["id"]?.stringValue)
             _ = try await api.completedBackup(token, database: database)
             // The sender's own client, as the service configures it.
@@ -147,7 +147,9 @@ struct WebhookRoutesTests {
             let sent = try await sender.sendDue()
             try await client.shutdown()
             #expect(sent == 1)
+            // Under the sender's 5 s connect timeout: a refused connection fails at once.
             #expect(ContinuousClock.now - started < .seconds(5))
+            withExtendedLifetime(closed) {}
             let delivery = try #require(try await api.call(.get, "/v1/webhooks/\(hook)/deliveries", token: token)["deliveries"]?.arrayValue?.first)
             #expect(delivery["status"]?.stringValue == "pending")
             #expect(delivery["next_attempt_at"]?.stringValue != nil)
