@@ -85,3 +85,16 @@ public enum DatabaseName {
         return "\(base)-\(stamp)"
     }
 }
+
+extension ManagedDatabase {
+    /// Only a settled database can be deleted: not one deleted already, nor one still being
+    /// created or restored into.
+    public func checkDeletable() throws(DomainError) {
+        switch status {
+        case .deleted: throw .databaseDeleted
+        case .creating, .restoring:
+            throw DomainError(.conflict, code: "database_busy", message: "the database is \(status.rawValue); delete it once that has finished")
+        case .available, .failed: break
+        }
+    }
+}

@@ -32,6 +32,9 @@ public struct DomainError: Error, Sendable, Equatable, CustomStringConvertible {
         DomainError(.conflict, code: "database_name_taken", message: "a database named '\(name)' already exists in this account")
     }
     public static let databaseDeleted = DomainError(.conflict, code: "database_deleted", message: "the database has been deleted")
+    /// Deleting the database would remove the automatic backup a running restore reads.
+    public static let databaseReadByRestore = DomainError(
+        .conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
     public static func databaseNotAvailable(_ status: DatabaseStatus) -> DomainError {
         DomainError(.conflict, code: "database_not_available", message: "the database is \(status.rawValue), not available")
     }

@@ -216,14 +216,6 @@ public final class PostgresCatalog: Catalog, Sendable {
             logger)
     }
 
-    public func token(id: String) async throws -> StoredToken? {
-        try await reading { c in
-            try await c.one("SELECT * FROM tokens WHERE id = \(id)", logger).map { row in
-                StoredToken(id: row.string("id"), accountID: row.string("account_id"), secretHash: row.bytes("secret_hash") ?? [], createdAt: row.date("created_at"))
-            }
-        }
-    }
-
     public func account(id: String) async throws -> Account? {
         try await reading { c in
             try await c.one("SELECT * FROM accounts WHERE id = \(id) AND deleted_at IS NULL", logger).map { row in
@@ -371,11 +363,7 @@ public final class PostgresCatalog: Catalog, Sendable {
                 throw DomainError.databaseNotFound
             }
             let database = CatalogRows.database(row)
-            switch database.status {
-            case .deleted: throw DomainError.databaseDeleted
-            case .creating, .restoring: throw DomainError(.conflict, code: "database_busy", message: "the database is \(database.status.rawValue); delete it once that has finished")
-            case .available, .failed: break
-            }
+            try database.checkDeletable()
             // Locked before the check: a restore enqueued meanwhile holds its backup's row, so
             // either we wait and then see the restore, or the restore waits and finds no backup.
             let automatic = try await c.rows("SELECT * FROM backups WHERE database_id = \(id) AND type = 'automatic' FOR UPDATE", logger).map(CatalogRows.backup)
@@ -384,7 +372,7 @@ public final class PostgresCatalog: Catalog, Sendable {
                 SELECT 1 FROM restores r JOIN backups b ON b.id = r.backup_id
                 WHERE b.database_id = \(id) AND b.type = 'automatic' AND r.status IN ('pending','in_progress')
                 """, logger) {
-                throw DomainError(.conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
+                throw DomainError.databaseReadByRestore
             }
             try await c.run(
                 "DELETE FROM jobs WHERE kind IN ('backup','verify','drill') AND subject_id IN (SELECT id FROM backups WHERE database_id = \(id) AND type = 'automatic')",

@@ -129,13 +129,7 @@ extension PostgresCatalog: RepositoryIndex {
         return try await transaction { c in
             try await Self.lockAgainstGC(c, logger)
             let rows = try await c.rows("SELECT id, stored_length FROM chunks WHERE account_id = \(accountID) AND id = ANY(\(Self.buffers(ids)))", logger)
-            var lengths: [ChunkID: Int] = [:]
-            lengths.reserveCapacity(rows.count)
-            for row in rows { lengths[CatalogRows.chunkID(row)] = row.int("stored_length") }
-            let distinct = Set(ids).count
-            guard lengths.count == distinct else {
-                throw RepositoryError(.chunksCollected, "\(distinct - lengths.count) chunks this backup refers to were garbage-collected while it ran")
-            }
+            let lengths = try CatalogRows.storedLengths(rows, referencing: ids)
             try await c.run(
                 """
                 INSERT INTO layer_chunks (layer_id, account_id, chunk_id) SELECT \(layerID), \(accountID), UNNEST(\(Self.buffers(lengths.keys))::BYTEA[])

@@ -180,14 +180,6 @@ public final class SQLiteCatalog: Catalog {
             arguments: [token.id, token.accountID, Data(token.secretHash), ms(token.createdAt)])
     }
 
-    public func token(id: String) async throws -> StoredToken? {
-        try await pool.read { db in
-            try Row.fetchOne(db, sql: "SELECT * FROM tokens WHERE id = ?", arguments: [id]).map { row in
-                StoredToken(id: row["id"], accountID: row["account_id"], secretHash: [UInt8](row["secret_hash"] as Data), createdAt: date(row["created_at"]))
-            }
-        }
-    }
-
     public func account(id: String) async throws -> Account? {
         try await pool.read { db in
             try Row.fetchOne(db, sql: "SELECT * FROM accounts WHERE id = ? AND deleted_at IS NULL", arguments: [id]).map { row in
@@ -324,11 +316,7 @@ public final class SQLiteCatalog: Catalog {
                 throw DomainError.databaseNotFound
             }
             let database = CatalogRows.database(row)
-            switch database.status {
-            case .deleted: throw DomainError.databaseDeleted
-            case .creating, .restoring: throw DomainError(.conflict, code: "database_busy", message: "the database is \(database.status.rawValue); delete it once that has finished")
-            case .available, .failed: break
-            }
+            try database.checkDeletable()
             // Its automatic backups go with it; not while a restore is reading one of them.
             if try Bool.fetchOne(
                 db,
@@ -337,7 +325,7 @@ public final class SQLiteCatalog: Catalog {
                     WHERE b.database_id = ? AND b.type = 'automatic' AND r.status IN ('pending','in_progress')
                     """,
                 arguments: [id]) != nil {
-                throw DomainError(.conflict, code: "database_busy", message: "a restore from one of this database's automatic backups is running; delete the database once it has finished")
+                throw DomainError.databaseReadByRestore
             }
             let automatic = try Row.fetchAll(db, sql: "SELECT * FROM backups WHERE database_id = ? AND type = 'automatic'", arguments: [id]).map(CatalogRows.backup)
             try db.execute(sql: "DELETE FROM jobs WHERE kind IN ('backup','verify') AND subject_id IN (SELECT id FROM backups WHERE database_id = ? AND type = 'automatic')", arguments: [id])

@@ -197,13 +197,7 @@ extension SQLiteCatalog: RepositoryIndex {
         guard !ids.isEmpty else { return [:] }
         return try await pool.write { db in
             let rows = try Self.chunkRows(accountID: accountID, ids: ids, columns: "id, stored_length", db)
-            var lengths: [ChunkID: Int] = [:]
-            lengths.reserveCapacity(rows.count)
-            for row in rows { lengths[CatalogRows.chunkID(row)] = row.int("stored_length") }
-            let distinct = Set(ids).count
-            guard lengths.count == distinct else {
-                throw RepositoryError(.chunksCollected, "\(distinct - lengths.count) chunks this backup refers to were garbage-collected while it ran")
-            }
+            let lengths = try CatalogRows.storedLengths(rows, referencing: ids)
             let insert = try db.makeStatement(sql: "INSERT INTO layer_chunks (layer_id, account_id, chunk_id) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
             for id in lengths.keys { try insert.execute(arguments: [layerID, accountID, Data(id.bytes)]) }
             return lengths

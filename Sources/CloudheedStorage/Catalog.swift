@@ -84,7 +84,6 @@ public protocol Catalog: Sendable {
     func createAccount(_ account: Account, token: StoredToken) async throws
     /// Throws `DomainError.accountNotFound` when the account does not exist.
     func addToken(_ token: StoredToken) async throws
-    func token(id: String) async throws -> StoredToken?
     func account(id: String) async throws -> Account?
     /// The token `tokenID` with its live account and, when `databaseID` is given, that database's
     /// version, in one read; nil when the token or its account does not exist. The caller still

@@ -48,6 +48,19 @@ enum CatalogRows {
             databaseVersion: row.text("database_id") == nil ? nil : row.int64("database_version"))
     }
 
+    /// Stored length by chunk id, from the `id, stored_length` rows of the chunks `ids` names; throws
+    /// when any of them is gone (garbage-collected while the backup referring to it ran).
+    static func storedLengths<R: CatalogRow>(_ rows: [R], referencing ids: [ChunkID]) throws -> [ChunkID: Int] {
+        var lengths: [ChunkID: Int] = [:]
+        lengths.reserveCapacity(rows.count)
+        for row in rows { lengths[chunkID(row)] = row.int("stored_length") }
+        let distinct = Set(ids).count
+        guard lengths.count == distinct else {
+            throw RepositoryError(.chunksCollected, "\(distinct - lengths.count) chunks this backup refers to were garbage-collected while it ran")
+        }
+        return lengths
+    }
+
     static func database<R: CatalogRow>(_ row: R) -> ManagedDatabase {
         ManagedDatabase(
             id: row.string("id"), accountID: row.string("account_id"), name: row.string("name"),

@@ -125,11 +125,11 @@ struct CatalogContractTests {
             #expect(try await f.catalog.account(id: "acct-missing") == nil)
             let token = StoredToken(id: "tok-extra", accountID: account.id, secretHash: Array(repeating: 9, count: 32), createdAt: t0)
             try await f.catalog.addToken(token)
-            #expect(try await f.catalog.token(id: "tok-extra") == token)
+            #expect(try await f.catalog.accessCheck(tokenID: "tok-extra", databaseID: nil)?.token == token)
             await #expect(throws: DomainError.accountNotFound) {
                 try await f.catalog.addToken(StoredToken(id: "tok-orphan", accountID: "acct-missing", secretHash: [1], createdAt: t0))
             }
-            #expect(try await f.catalog.token(id: "tok-orphan") == nil)
+            #expect(try await f.catalog.accessCheck(tokenID: "tok-orphan", databaseID: nil) == nil)
         }
     }
 
