@@ -54,6 +54,17 @@ struct StorageServeTests {
         #expect(malformed.output.contains("postgresql://USER:PASSWORD@HOST:PORT/DBNAME") && !malformed.output.contains("hunter2-secret"), "\(malformed.output)")
     }
 
+    @Test("serve --list-cache-mb out of range is a usage error, before anything is created")
+    func listCacheFlag() async throws {
+        let directory = NSTemporaryDirectory() + "cloudheed-listcache-\(UUID().uuidString)"
+        for value in ["-1", "2000000"] {
+            let run = try await runCloudheed(["serve", "--data-dir", directory, "--port", "\(try freeLoopbackPort())", "--list-cache-mb=\(value)"])
+            #expect(run.status == .exited(64))
+            #expect(run.output.contains("--list-cache-mb must be 0-1048576"), "\(run.output)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: directory))
+    }
+
     @Test("serve --storage s3://… on moto_server: backups go to the bucket, restore byte for byte, and readiness follows the endpoint")
     func serveOnS3() async throws {
         let s3 = try await TestS3.start()
